@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Train an HE-friendly CIFAR-10 ResNet (quadratic activations, range penalty).
+
+Recipe (PAPER, arXiv 2509.22857): quadratic fit of ReLU on [-2, 2], inputs clamped to that range while
+training, penalty weight 1e-3 on the part outside it, ramped up over the first epochs; SGD momentum 0.9,
+weight decay 5e-4, batch 128, random crop (4-pixel padding) and horizontal flips. The learning rate
+follows a one-cycle schedule over --epochs, computed from the global step so that --resume continues
+the same schedule exactly.
+
+    python model/train.py --epochs 40 --out model/runs/r20q        # fresh run
+    python model/train.py --resume model/runs/r20q/last.pt         # continue it
+"""
+
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from hemodel import CifarResNet, load_cifar_bin, normalize
+
+DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
+
+
+def one_cycle_lr(step, total, peak, warm_frac=0.15, start_div=10.0, final_div=1000.0):
+    """Linear warm-up from peak/start_div to peak, then cosine down to peak/final_div."""
+    warm = max(1, int(total * warm_frac))
+    if step < warm:
+        return peak / start_div + (peak - peak / start_div) * step / warm
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    lo = peak / final_div
+    return lo + (peak - lo) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def augment(batch_u8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crop of the 4-pixel zero-padded image, and a horizontal flip with probability 1/2."""
+    n = batch_u8.shape[0]
+    padded = F.pad(batch_u8, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=gen)
+    dx = torch.randint(0, 9, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(32)[None, :])[:, None, :, None].expand(n, 3, 32, 40)
+    cols = (dx[:, None] + torch.arange(32)[None, :])[:, None, None, :].expand(n, 3, 32, 32)
+    out = padded.gather(2, rows)  # rows first, then columns: two small gathers
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, x_u8, y, batch=500, track_max=False):
+    """Top-1 accuracy of the model as the homomorphic evaluation computes it: no clamp."""
+    model.eval()
+    acts = model.activations()
+    for a in acts:
+        a.track_max, a.max_abs = track_max, None
+    correct = 0
+    for i in range(0, len(y), batch):
+        logits = model(normalize(x_u8[i:i + batch]))
+        correct += (logits.argmax(1) == y[i:i + batch]).sum().item()
+    maxes = [float(a.max_abs) for a in acts] if track_max else None
+    for a in acts:
+        a.track_max = False
+    return correct / len(y), maxes
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--out", default="model/runs/resnet20q")
+    ap.add_argument("--resume", help="checkpoint to continue (its arguments are reused)")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--wd", type=float, default=5e-4)
+    ap.add_argument("--clip", type=float, default=2.0)
+    ap.add_argument("--penalty", type=float, default=1e-3)
+    ap.add_argument("--ramp-epochs", type=float, default=5.0, help="epochs over which the penalty ramps up")
+    ap.add_argument("--activation", choices=["quadratic", "relu"], default="quadratic")
+    ap.add_argument("--n", type=int, default=3, help="blocks per stage: 3 = ResNet-20, 5 = ResNet-32")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the training forward pass (CPU: ~1.5x)")
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
+    args = ap.parse_args()
+
+    state = None
+    if args.resume:
+        state = torch.load(args.resume, map_location="cpu", weights_only=False)
+        saved = state["args"]
+        saved["resume"], saved["max_steps"] = args.resume, args.max_steps
+        if args.threads:
+            saved["threads"] = args.threads
+        args = argparse.Namespace(**saved)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+
+    xs, ys = zip(*(load_cifar_bin(os.path.join(args.data, "jpeg75", f"data_batch_{i}.bin")) for i in range(1, 6)))
+    x_train, y_train = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+    x_test, y_test = map(torch.from_numpy, load_cifar_bin(os.path.join(args.data, "jpeg75", "test_batch.bin")))
+
+    model = CifarResNet(n=args.n, clip=args.clip, activation=args.activation)
+    decay = [p for n_, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n_, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
+                          lr=args.lr, momentum=args.momentum, nesterov=True)
+    steps_per_epoch = len(y_train) // args.batch
+    total = steps_per_epoch * args.epochs
+    start_epoch, log, best = 0, [], 0.0
+    gen = torch.Generator().manual_seed(args.seed)
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start_epoch, log, best = state["epoch"], state["log"], state.get("best", 0.0)
+        gen.set_state(state["gen"])
+
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        perm = torch.randperm(len(y_train), generator=gen)
+        t0, tot_loss, tot_pen, correct, seen = time.time(), 0.0, 0.0, 0, 0
+        ramp = min(1.0, (epoch + 1) / args.ramp_epochs) if args.ramp_epochs > 0 else 1.0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        for i in bar:
+            idx = perm[i * args.batch:(i + 1) * args.batch]
+            xb, yb = normalize(augment(x_train[idx], gen)), y_train[idx]
+            for g in opt.param_groups:
+                g["lr"] = one_cycle_lr(step, total, args.lr)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                logits = model(xb)
+                ce = F.cross_entropy(logits.float(), yb)
+                pen = model.range_penalty().float()
+            loss = ce + args.penalty * ramp * pen
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            tot_loss += ce.item() * len(yb)
+            tot_pen += pen.item() * len(yb)
+            correct += (logits.argmax(1) == yb).sum().item()
+            seen += len(yb)
+            bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+            if args.max_steps and step >= args.max_steps:
+                break
+        test_acc, maxes = evaluate(model, x_test, y_test, track_max=True)
+        rec = {"epoch": epoch + 1, "train_loss": tot_loss / seen, "train_acc": correct / seen,
+               "penalty": tot_pen / seen, "test_acc_jpeg75": test_acc, "max_act_input": max(maxes),
+               "lr_end": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+        log.append(rec)
+        print(json.dumps(rec), flush=True)
+        with open(os.path.join(args.out, "log.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        ckpt = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "log": log,
+                "args": vars(args), "gen": gen.get_state(), "best": max(best, test_acc)}
+        torch.save(ckpt, os.path.join(args.out, "last.pt.tmp"))
+        os.replace(os.path.join(args.out, "last.pt.tmp"), os.path.join(args.out, "last.pt"))
+        if test_acc > best:
+            best = test_acc
+            torch.save(ckpt, os.path.join(args.out, "best.pt"))
+        if args.max_steps and step >= args.max_steps:
+            break
+
+
+if __name__ == "__main__":
+    main()

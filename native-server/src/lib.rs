@@ -1,0 +1,1 @@
+//! Blindsight server library.
