@@ -1,0 +1,233 @@
+//! The canonical embedding of CKKS: N/2 complex slots <-> real polynomials of degree < N, through
+//! the "special" FFT over the orbit of 5 modulo 2N (slot j is the evaluation at zeta^(5^j), so that
+//! the automorphism X -> X^(5^r) rotates the slots by r and X -> X^-1 conjugates them).
+//!
+//! Precision: the transform is exact up to f64 rounding (about 2^-50 relative); encoding error is
+//! dominated by rounding coefficients to integers, 2^-1 / scale per coefficient, and is tested.
+
+/// A complex number; CKKS needs only the arithmetic below.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Complex {
+    pub re: f64,
+    pub im: f64,
+}
+
+impl Complex {
+    pub const fn new(re: f64, im: f64) -> Self {
+        Self { re, im }
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        Self::new(self.re + o.re, self.im + o.im)
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        Self::new(self.re - o.re, self.im - o.im)
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        Self::new(
+            self.re * o.re - self.im * o.im,
+            self.re * o.im + self.im * o.re,
+        )
+    }
+    pub fn norm(self) -> f64 {
+        self.re.hypot(self.im)
+    }
+}
+
+impl From<f64> for Complex {
+    fn from(re: f64) -> Self {
+        Self::new(re, 0.0)
+    }
+}
+
+/// Precomputed tables of the special FFT for one ring degree.
+#[derive(Debug)]
+pub struct Encoder {
+    n: usize,
+    /// 5^j mod 2N for j < N/2.
+    rot_group: Vec<usize>,
+    /// exp(2*pi*i*k / 2N) for k <= 2N.
+    roots: Vec<Complex>,
+}
+
+impl Encoder {
+    pub fn new(n: usize) -> Self {
+        assert!(n.is_power_of_two() && n >= 4);
+        let m = 2 * n;
+        let mut rot_group = Vec::with_capacity(n / 2);
+        let mut g = 1usize;
+        for _ in 0..n / 2 {
+            rot_group.push(g);
+            g = g * 5 % m;
+        }
+        let roots = (0..=m)
+            .map(|k| {
+                let a = 2.0 * std::f64::consts::PI * k as f64 / m as f64;
+                Complex::new(a.cos(), a.sin())
+            })
+            .collect();
+        Self {
+            n,
+            rot_group,
+            roots,
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.n / 2
+    }
+
+    /// Slot values (at most N/2; missing ones are zero) to polynomial coefficients times `scale`,
+    /// unrounded: `coeffs[i]` and `coeffs[i + N/2]` are the real and imaginary parts of the
+    /// inverse transform.
+    pub fn slots_to_coeffs(&self, values: &[Complex], scale: f64) -> Vec<f64> {
+        let slots = self.slots();
+        assert!(values.len() <= slots);
+        let mut v = vec![Complex::default(); slots];
+        v[..values.len()].copy_from_slice(values);
+        self.special_ifft(&mut v);
+        let mut out = vec![0.0; self.n];
+        for (i, c) in v.iter().enumerate() {
+            out[i] = c.re * scale;
+            out[i + slots] = c.im * scale;
+        }
+        out
+    }
+
+    /// Polynomial coefficients (already centered, as reals) divided by `scale`, to slot values.
+    pub fn coeffs_to_slots(&self, coeffs: &[f64], scale: f64) -> Vec<Complex> {
+        let slots = self.slots();
+        assert_eq!(coeffs.len(), self.n);
+        let mut v: Vec<Complex> = (0..slots)
+            .map(|i| Complex::new(coeffs[i] / scale, coeffs[i + slots] / scale))
+            .collect();
+        self.special_fft(&mut v);
+        v
+    }
+
+    fn special_fft(&self, v: &mut [Complex]) {
+        let size = v.len();
+        let m = 2 * self.n;
+        bit_reverse_permute(v);
+        let mut len = 2;
+        while len <= size {
+            let lenh = len >> 1;
+            let lenq = len << 2;
+            for chunk in v.chunks_mut(len) {
+                for j in 0..lenh {
+                    let idx = (self.rot_group[j] % lenq) * (m / lenq);
+                    let u = chunk[j];
+                    let w = chunk[j + lenh].mul(self.roots[idx]);
+                    chunk[j] = u.add(w);
+                    chunk[j + lenh] = u.sub(w);
+                }
+            }
+            len <<= 1;
+        }
+    }
+
+    fn special_ifft(&self, v: &mut [Complex]) {
+        let size = v.len();
+        let m = 2 * self.n;
+        let mut len = size;
+        while len >= 2 {
+            let lenh = len >> 1;
+            let lenq = len << 2;
+            for chunk in v.chunks_mut(len) {
+                for j in 0..lenh {
+                    let idx = (lenq - self.rot_group[j] % lenq) * (m / lenq);
+                    let u = chunk[j].add(chunk[j + lenh]);
+                    let w = chunk[j].sub(chunk[j + lenh]).mul(self.roots[idx]);
+                    chunk[j] = u;
+                    chunk[j + lenh] = w;
+                }
+            }
+            len >>= 1;
+        }
+        bit_reverse_permute(v);
+        let inv = 1.0 / size as f64;
+        for c in v.iter_mut() {
+            c.re *= inv;
+            c.im *= inv;
+        }
+    }
+}
+
+fn bit_reverse_permute<T>(v: &mut [T]) {
+    let n = v.len();
+    let mut j = 0;
+    for i in 1..n {
+        let mut bit = n >> 1;
+        while j & bit != 0 {
+            j ^= bit;
+            bit >>= 1;
+        }
+        j |= bit;
+        if i < j {
+            v.swap(i, j);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Evaluates the polynomial at zeta^(5^j) directly.
+    fn eval(coeffs: &[f64], n: usize, j: usize) -> Complex {
+        let m = 2 * n;
+        let mut e = 1usize;
+        for _ in 0..j {
+            e = e * 5 % m;
+        }
+        let mut acc = Complex::default();
+        for (k, &c) in coeffs.iter().enumerate() {
+            let a = 2.0 * std::f64::consts::PI * ((e * k) % m) as f64 / m as f64;
+            acc = acc.add(Complex::new(c * a.cos(), c * a.sin()));
+        }
+        acc
+    }
+
+    #[test]
+    fn embedding_evaluates_at_the_orbit_of_5() {
+        let n = 32;
+        let enc = Encoder::new(n);
+        let vals: Vec<Complex> = (0..n / 2)
+            .map(|i| Complex::new(i as f64 * 0.25 - 1.0, 0.5 - i as f64 * 0.125))
+            .collect();
+        let coeffs = enc.slots_to_coeffs(&vals, 1.0);
+        for (j, v) in vals.iter().enumerate() {
+            let got = eval(&coeffs, n, j);
+            assert!(got.sub(*v).norm() < 1e-12, "slot {j}");
+        }
+        let back = enc.coeffs_to_slots(&coeffs, 1.0);
+        for (a, b) in back.iter().zip(&vals) {
+            assert!(a.sub(*b).norm() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn rounding_error_is_bounded() {
+        let n = 1 << 12;
+        let enc = Encoder::new(n);
+        let vals: Vec<Complex> = (0..n / 2)
+            .map(|i| Complex::new(((i * 37) % 101) as f64 / 50.0 - 1.0, 0.0))
+            .collect();
+        let scale = 2f64.powi(30);
+        let coeffs: Vec<f64> = enc
+            .slots_to_coeffs(&vals, scale)
+            .iter()
+            .map(|c| c.round())
+            .collect();
+        let back = enc.coeffs_to_slots(&coeffs, scale);
+        let err = back
+            .iter()
+            .zip(&vals)
+            .map(|(a, b)| a.sub(*b).norm())
+            .fold(0.0, f64::max);
+        // rounding adds at most 1/2 per coefficient; in a slot about sqrt(N)/2 / scale on average
+        assert!(err < (n as f64).sqrt() * 4.0 / scale, "max error {err}");
+    }
+}

@@ -1,0 +1,451 @@
+//! Homomorphic operations on ciphertexts, with exact scale bookkeeping and checked operands:
+//! mismatched parameters, levels or scales are errors, never panics.
+//!
+//! Scales: every object carries its exact scale (a product of the scales multiplied in, divided by
+//! the primes rescaled away). Multiplications may be chained without rescaling (Delta^2, Delta^3)
+//! as long as the scale stays below the level's modulus, and one rescale by a prime of about twice
+//! the scale's bits then brings Delta^3 back to Delta: two levels per prime.
+
+use std::sync::Arc;
+
+use crate::ciphertext::Ciphertext;
+use crate::context::Context;
+use crate::error::CkksError;
+use crate::keys::{EvaluationKeys, SwitchingKey};
+use crate::keyswitch::{mod_down, switch_key, Decomposition};
+use crate::par;
+use crate::plaintext::Plaintext;
+use crate::rns::RnsPoly;
+
+/// Relative difference below which two scales count as equal.
+pub const SCALE_TOLERANCE: f64 = 1e-9;
+
+pub struct Evaluator {
+    ctx: Arc<Context>,
+}
+
+impl Evaluator {
+    pub fn new(ctx: &Arc<Context>) -> Self {
+        Self { ctx: ctx.clone() }
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    fn check(&self, ct: &Ciphertext) -> Result<(), CkksError> {
+        if &ct.fingerprint != self.ctx.fingerprint() {
+            return Err(CkksError::ParamsMismatch);
+        }
+        crate::plaintext::check_level(&self.ctx, ct.level)
+    }
+
+    fn check_pt(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<(), CkksError> {
+        self.check(ct)?;
+        if &pt.fingerprint != self.ctx.fingerprint() {
+            return Err(CkksError::ParamsMismatch);
+        }
+        if pt.level < ct.level {
+            return Err(CkksError::LevelMismatch(ct.level, pt.level));
+        }
+        Ok(())
+    }
+
+    fn check_pair(&self, a: &Ciphertext, b: &Ciphertext) -> Result<(), CkksError> {
+        self.check(a)?;
+        self.check(b)?;
+        if a.level != b.level {
+            return Err(CkksError::LevelMismatch(a.level, b.level));
+        }
+        check_scales(a.scale, b.scale)
+    }
+
+    fn check_headroom(&self, scale: f64, level: usize) -> Result<(), CkksError> {
+        let log_q = self.ctx.params().log_q_at(level);
+        if scale.log2() >= log_q - 1.0 {
+            return Err(CkksError::ScaleOverflow {
+                scale_bits: scale.log2(),
+                level,
+                log_q,
+            });
+        }
+        Ok(())
+    }
+
+    fn basis(&self, level: usize) -> &crate::rns::RnsBasis {
+        &self.ctx.level(level).q
+    }
+
+    /// The plaintext's polynomial restricted to the ciphertext's level.
+    fn pt_poly(pt: &Plaintext, level: usize) -> std::borrow::Cow<'_, RnsPoly> {
+        if pt.level == level {
+            std::borrow::Cow::Borrowed(&pt.poly)
+        } else {
+            std::borrow::Cow::Owned(pt.poly.slice_limbs(0..level + 1))
+        }
+    }
+
+    fn derived(&self, c: Vec<RnsPoly>, level: usize, scale: f64) -> Ciphertext {
+        Ciphertext {
+            c,
+            level,
+            scale,
+            fingerprint: *self.ctx.fingerprint(),
+            seed: None,
+        }
+    }
+
+    pub fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext, CkksError> {
+        self.check_pair(a, b)?;
+        let (long, short) = if a.c.len() >= b.c.len() {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let mut c = long.c.clone();
+        let basis = self.basis(a.level);
+        for (x, y) in c.iter_mut().zip(&short.c) {
+            basis.add_assign(x, y);
+        }
+        Ok(self.derived(c, a.level, a.scale))
+    }
+
+    /// `acc += b` in place (same level and scale).
+    pub fn add_assign(&self, acc: &mut Ciphertext, b: &Ciphertext) -> Result<(), CkksError> {
+        self.check_pair(acc, b)?;
+        let basis = self.basis(acc.level);
+        while acc.c.len() < b.c.len() {
+            acc.c.push(basis.zero());
+        }
+        for (x, y) in acc.c.iter_mut().zip(&b.c) {
+            basis.add_assign(x, y);
+        }
+        acc.seed = None;
+        Ok(())
+    }
+
+    pub fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext, CkksError> {
+        let nb = self.neg(b)?;
+        self.add(a, &nb)
+    }
+
+    pub fn neg(&self, a: &Ciphertext) -> Result<Ciphertext, CkksError> {
+        self.check(a)?;
+        let basis = self.basis(a.level);
+        let mut c = a.c.clone();
+        for x in c.iter_mut() {
+            basis.neg_assign(x);
+        }
+        Ok(self.derived(c, a.level, a.scale))
+    }
+
+    pub fn add_plain(&self, a: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext, CkksError> {
+        self.check_pt(a, pt)?;
+        check_scales(a.scale, pt.scale)?;
+        let mut c = a.c.clone();
+        self.basis(a.level)
+            .add_assign(&mut c[0], &Self::pt_poly(pt, a.level));
+        Ok(self.derived(c, a.level, a.scale))
+    }
+
+    pub fn sub_plain(&self, a: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext, CkksError> {
+        self.check_pt(a, pt)?;
+        check_scales(a.scale, pt.scale)?;
+        let mut c = a.c.clone();
+        self.basis(a.level)
+            .sub_assign(&mut c[0], &Self::pt_poly(pt, a.level));
+        Ok(self.derived(c, a.level, a.scale))
+    }
+
+    /// Slot-wise product with a plaintext; the scales multiply.
+    pub fn mul_plain(&self, a: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext, CkksError> {
+        self.check_pt(a, pt)?;
+        let scale = a.scale * pt.scale;
+        self.check_headroom(scale, a.level)?;
+        let basis = self.basis(a.level);
+        let p = Self::pt_poly(pt, a.level);
+        let mut c = a.c.clone();
+        for x in c.iter_mut() {
+            basis.mul_assign(x, &p);
+        }
+        Ok(self.derived(c, a.level, scale))
+    }
+
+    /// Adds the real constant `x` to every slot (the constant is encoded at the ciphertext's scale).
+    pub fn add_const(&self, a: &Ciphertext, x: f64) -> Result<Ciphertext, CkksError> {
+        self.check(a)?;
+        let v = finite(x)? * a.scale;
+        let basis = self.basis(a.level);
+        let residues: Vec<u64> = basis.moduli().iter().map(|m| m.from_f64(v)).collect();
+        let mut c = a.c.clone();
+        basis.add_scalar_ntt_assign(&mut c[0], &residues);
+        Ok(self.derived(c, a.level, a.scale))
+    }
+
+    /// Multiplies every slot by the real constant `x`, encoded as the integer `round(x * const_scale)`
+    /// without a full plaintext; the result's scale is `a.scale * const_scale`. Choosing
+    /// `const_scale = q_level` makes the following rescale leave the scale unchanged.
+    pub fn mul_const(
+        &self,
+        a: &Ciphertext,
+        x: f64,
+        const_scale: f64,
+    ) -> Result<Ciphertext, CkksError> {
+        self.check(a)?;
+        let v = finite(x)? * finite(const_scale)?;
+        let scale = a.scale * const_scale;
+        self.check_headroom(scale, a.level)?;
+        let basis = self.basis(a.level);
+        let residues: Vec<u64> = basis.moduli().iter().map(|m| m.from_f64(v)).collect();
+        let mut c = a.c.clone();
+        for x in c.iter_mut() {
+            basis.mul_scalar_assign(x, &residues);
+        }
+        Ok(self.derived(c, a.level, scale))
+    }
+
+    /// Multiplies by an integer exactly; the scale is unchanged.
+    pub fn mul_int(&self, a: &Ciphertext, k: i64) -> Result<Ciphertext, CkksError> {
+        self.check(a)?;
+        let basis = self.basis(a.level);
+        let residues = basis.from_i64(k);
+        let mut c = a.c.clone();
+        for x in c.iter_mut() {
+            basis.mul_scalar_assign(x, &residues);
+        }
+        Ok(self.derived(c, a.level, a.scale))
+    }
+
+    /// Tensor product without relinearization: a degree-2 ciphertext whose scale is the product.
+    pub fn mul(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext, CkksError> {
+        self.check(a)?;
+        self.check(b)?;
+        if a.level != b.level {
+            return Err(CkksError::LevelMismatch(a.level, b.level));
+        }
+        for d in [a.degree(), b.degree()] {
+            if d != 1 {
+                return Err(CkksError::Degree(d));
+            }
+        }
+        let scale = a.scale * b.scale;
+        self.check_headroom(scale, a.level)?;
+        let basis = self.basis(a.level);
+        let (mut d0, mut d1, mut d2) = (a.c[0].clone(), a.c[0].clone(), a.c[1].clone());
+        basis.mul_assign(&mut d0, &b.c[0]);
+        basis.mul_assign(&mut d1, &b.c[1]);
+        basis.mul_add_assign(&mut d1, &a.c[1], &b.c[0]);
+        basis.mul_assign(&mut d2, &b.c[1]);
+        Ok(self.derived(vec![d0, d1, d2], a.level, scale))
+    }
+
+    /// Back to degree 1 with the relinearization key.
+    pub fn relinearize(
+        &self,
+        a: &Ciphertext,
+        keys: &EvaluationKeys,
+    ) -> Result<Ciphertext, CkksError> {
+        self.check(a)?;
+        match a.degree() {
+            1 => return Ok(a.clone()),
+            2 => {}
+            d => return Err(CkksError::Degree(d)),
+        }
+        let key = keys.relin()?;
+        self.check_key(key, a.level)?;
+        let (u0, u1) = switch_key(&self.ctx, a.level, &a.c[2], key);
+        let basis = self.basis(a.level);
+        let (mut c0, mut c1) = (a.c[0].clone(), a.c[1].clone());
+        basis.add_assign(&mut c0, &u0);
+        basis.add_assign(&mut c1, &u1);
+        Ok(self.derived(vec![c0, c1], a.level, a.scale))
+    }
+
+    pub fn mul_relin(
+        &self,
+        a: &Ciphertext,
+        b: &Ciphertext,
+        keys: &EvaluationKeys,
+    ) -> Result<Ciphertext, CkksError> {
+        self.relinearize(&self.mul(a, b)?, keys)
+    }
+
+    pub fn square_relin(
+        &self,
+        a: &Ciphertext,
+        keys: &EvaluationKeys,
+    ) -> Result<Ciphertext, CkksError> {
+        self.mul_relin(a, a, keys)
+    }
+
+    /// Divides by the last prime q_level (rounding) and drops it; the scale is divided by q_level.
+    pub fn rescale(&self, a: &Ciphertext) -> Result<Ciphertext, CkksError> {
+        self.check(a)?;
+        if a.level == 0 {
+            return Err(CkksError::RescaleAtLevelZero);
+        }
+        let basis = self.basis(a.level);
+        let q_last = basis.modulus(a.level).value() as f64;
+        let mut c = a.c.clone();
+        par::for_each_mut(&mut c, |_, x| basis.divide_round_by_last(x));
+        Ok(self.derived(c, a.level - 1, a.scale / q_last))
+    }
+
+    /// Drops primes down to `level` without dividing (the message and scale are unchanged).
+    pub fn drop_level(&self, a: &Ciphertext, level: usize) -> Result<Ciphertext, CkksError> {
+        self.check(a)?;
+        if level > a.level {
+            return Err(CkksError::LevelMismatch(a.level, level));
+        }
+        let c = a.c.iter().map(|x| x.slice_limbs(0..level + 1)).collect();
+        Ok(self.derived(c, level, a.scale))
+    }
+
+    fn check_key(&self, key: &SwitchingKey, level: usize) -> Result<(), CkksError> {
+        if &key.fingerprint != self.ctx.fingerprint() {
+            return Err(CkksError::ParamsMismatch);
+        }
+        if key.level < level {
+            return Err(CkksError::KeyLevel {
+                key_level: key.level,
+                level,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_degree1(a: &Ciphertext) -> Result<(), CkksError> {
+        if a.degree() != 1 {
+            return Err(CkksError::Degree(a.degree()));
+        }
+        Ok(())
+    }
+
+    /// Applies `X -> X^g` with the matching Galois key.
+    pub fn apply_galois(
+        &self,
+        a: &Ciphertext,
+        g: u64,
+        keys: &EvaluationKeys,
+    ) -> Result<Ciphertext, CkksError> {
+        self.check(a)?;
+        Self::check_degree1(a)?;
+        let key = keys.galois(g)?;
+        self.check_key(key, a.level)?;
+        let dec = Decomposition::new(&self.ctx, a.level, &a.c[1]);
+        Ok(self.galois_from_decomposition(a, &dec, g, key))
+    }
+
+    fn galois_from_decomposition(
+        &self,
+        a: &Ciphertext,
+        dec: &Decomposition,
+        g: u64,
+        key: &SwitchingKey,
+    ) -> Ciphertext {
+        let perm = self.ctx.permutation(g);
+        let (b, k) = dec.inner_product(&self.ctx, key, Some(&perm));
+        let ((u0, u1), mut c0) = par::join(
+            || {
+                par::join(
+                    || mod_down(&self.ctx, a.level, &b),
+                    || mod_down(&self.ctx, a.level, &k),
+                )
+            },
+            || self.basis(a.level).permute(&a.c[0], &perm),
+        );
+        self.basis(a.level).add_assign(&mut c0, &u0);
+        self.derived(vec![c0, u1], a.level, a.scale)
+    }
+
+    /// Left rotation of the slots by `r` (negative: right).
+    pub fn rotate(
+        &self,
+        a: &Ciphertext,
+        r: i64,
+        keys: &EvaluationKeys,
+    ) -> Result<Ciphertext, CkksError> {
+        self.apply_galois(a, self.ctx.galois_element(r), keys)
+    }
+
+    /// Complex conjugation of every slot.
+    pub fn conjugate(
+        &self,
+        a: &Ciphertext,
+        keys: &EvaluationKeys,
+    ) -> Result<Ciphertext, CkksError> {
+        self.apply_galois(a, self.ctx.conjugation_element(), keys)
+    }
+
+    /// Several rotations of one ciphertext sharing a single decomposition (hoisting): the
+    /// ModUp is paid once, each amount then costs an inner product and a ModDown.
+    pub fn rotate_hoisted(
+        &self,
+        a: &Ciphertext,
+        amounts: &[i64],
+        keys: &EvaluationKeys,
+    ) -> Result<Vec<Ciphertext>, CkksError> {
+        self.check(a)?;
+        Self::check_degree1(a)?;
+        let gs: Vec<u64> = amounts
+            .iter()
+            .map(|&r| self.ctx.galois_element(r))
+            .collect();
+        let mut ks = Vec::with_capacity(gs.len());
+        for &g in &gs {
+            let key = keys.galois(g)?;
+            self.check_key(key, a.level)?;
+            ks.push(key);
+        }
+        let dec = Decomposition::new(&self.ctx, a.level, &a.c[1]);
+        Ok(gs
+            .iter()
+            .zip(&ks)
+            .map(|(&g, key)| {
+                if g == 1 {
+                    a.clone()
+                } else {
+                    self.galois_from_decomposition(a, &dec, g, key)
+                }
+            })
+            .collect())
+    }
+
+    /// `sum_{i < count} rotate(a, i*step)` in log2(count) rotations (keys for step * 2^k needed).
+    pub fn rotate_and_sum(
+        &self,
+        a: &Ciphertext,
+        step: i64,
+        count: usize,
+        keys: &EvaluationKeys,
+    ) -> Result<Ciphertext, CkksError> {
+        if !count.is_power_of_two() {
+            return Err(CkksError::Count(count));
+        }
+        let mut acc = a.clone();
+        let mut shift = step;
+        let mut k = 1;
+        while k < count {
+            let r = self.rotate(&acc, shift, keys)?;
+            self.add_assign(&mut acc, &r)?;
+            shift *= 2;
+            k *= 2;
+        }
+        Ok(acc)
+    }
+}
+
+fn finite(x: f64) -> Result<f64, CkksError> {
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(CkksError::NotFinite(x))
+    }
+}
+
+fn check_scales(a: f64, b: f64) -> Result<(), CkksError> {
+    if (a / b - 1.0).abs() > SCALE_TOLERANCE {
+        return Err(CkksError::ScaleMismatch(a.log2(), b.log2()));
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Negacyclic number-theoretic transforms behind a small trait, so that another backend (an own
+//! implementation, a GPU) can sit beside the `tfhe-ntt` one.
+//!
+//! Convention: `forward` maps coefficients to evaluations at the odd powers of a primitive 2N-th
+//! root, in bit-reversed order (slot `i` holds the evaluation at `psi^(2*bitrev(i)+1)`);
+//! `inverse` is normalized (includes the factor 1/N). Automorphisms in the NTT domain rely on this
+//! order; a test checks it for every prime a parameter set uses.
+
+/// A negacyclic NTT modulo one prime.
+pub trait NttBackend: Send + Sync {
+    fn forward(&self, a: &mut [u64]);
+    /// Normalized inverse: `inverse(forward(a)) == a`.
+    fn inverse(&self, a: &mut [u64]);
+    /// Inverse without the 1/N factor, for callers that fold it into a later constant.
+    fn inverse_unnormalized(&self, a: &mut [u64]);
+}
+
+/// `tfhe-ntt`'s prime-modulus plan (AVX-512 IFMA for primes below 2^50, AVX-512/AVX2 otherwise).
+pub struct TfheNtt {
+    plan: tfhe_ntt::prime64::Plan,
+}
+
+impl TfheNtt {
+    /// None if `q` is not a prime with a primitive 2n-th root of unity.
+    pub fn new(n: usize, q: u64) -> Option<Self> {
+        tfhe_ntt::prime64::Plan::try_new(n, q).map(|plan| Self { plan })
+    }
+}
+
+impl NttBackend for TfheNtt {
+    #[inline]
+    fn forward(&self, a: &mut [u64]) {
+        self.plan.fwd(a);
+    }
+
+    #[inline]
+    fn inverse(&self, a: &mut [u64]) {
+        self.plan.inv(a);
+        self.plan.normalize(a);
+    }
+
+    #[inline]
+    fn inverse_unnormalized(&self, a: &mut [u64]) {
+        self.plan.inv(a);
+    }
+}
+
+/// The permutation that applies the automorphism `X -> X^g` (g odd) to a polynomial in NTT form:
+/// `out[i] = in[perm[i]]`. Slot `i` holds `a(psi^e)` with `e = 2*bitrev(i)+1`, and
+/// `a(X^g)(psi^e) = a(psi^(g*e))`.
+pub fn automorphism_permutation(n: usize, g: u64) -> Vec<u32> {
+    assert!(n.is_power_of_two() && g % 2 == 1);
+    let log_n = n.trailing_zeros();
+    let mask = 2 * n as u64 - 1;
+    (0..n)
+        .map(|i| {
+            let e = 2 * bit_reverse(i as u64, log_n) + 1;
+            let ge = (e * (g & mask)) & mask;
+            bit_reverse((ge - 1) / 2, log_n) as u32
+        })
+        .collect()
+}
+
+#[inline]
+fn bit_reverse(x: u64, bits: u32) -> u64 {
+    if bits == 0 {
+        0
+    } else {
+        x.reverse_bits() >> (64 - bits)
+    }
+}
+
+/// `X -> X^g` on a polynomial in coefficient form (signed permutation, negacyclic wrap).
+pub fn automorphism_coeff(a: &[u64], g: u64, q: u64, out: &mut [u64]) {
+    let n = a.len();
+    let two_n = 2 * n as u64;
+    for (i, &c) in a.iter().enumerate() {
+        let j = (i as u64 * g) % two_n;
+        if j < n as u64 {
+            out[j as usize] = c;
+        } else {
+            out[(j - n as u64) as usize] = if c == 0 { 0 } else { q - c };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arith::{ntt_primes, Modulus};
+
+    fn negacyclic_mul(a: &[u64], b: &[u64], m: &Modulus) -> Vec<u64> {
+        let n = a.len();
+        let mut out = vec![0u64; n];
+        for i in 0..n {
+            for j in 0..n {
+                let p = m.mul(a[i], b[j]);
+                if i + j < n {
+                    out[i + j] = m.add(out[i + j], p);
+                } else {
+                    out[i + j - n] = m.sub(out[i + j - n], p);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn roundtrip_and_convolution() {
+        let n = 64;
+        for bits in [40, 50, 60] {
+            let q = ntt_primes(bits, 2 * n as u64, 1, &[]).unwrap()[0];
+            let m = Modulus::new(q);
+            let ntt = TfheNtt::new(n, q).unwrap();
+            let a: Vec<u64> = (0..n as u64).map(|i| (i * 7919 + 3) % q).collect();
+            let b: Vec<u64> = (0..n as u64).map(|i| (i * i * 31 + 11) % q).collect();
+            let want = negacyclic_mul(&a, &b, &m);
+            let (mut fa, mut fb) = (a.clone(), b.clone());
+            ntt.forward(&mut fa);
+            ntt.forward(&mut fb);
+            let mut prod: Vec<u64> = fa.iter().zip(&fb).map(|(&x, &y)| m.mul(x, y)).collect();
+            ntt.inverse(&mut prod);
+            assert_eq!(prod, want);
+            ntt.inverse(&mut fa);
+            assert_eq!(fa, a);
+        }
+    }
+
+    #[test]
+    fn automorphism_in_ntt_domain_matches_coefficients() {
+        let n = 256;
+        for bits in [40, 50, 60] {
+            let q = ntt_primes(bits, 2 * n as u64, 1, &[]).unwrap()[0];
+            let ntt = TfheNtt::new(n, q).unwrap();
+            let a: Vec<u64> = (0..n as u64).map(|i| (i * 104729 + 17) % q).collect();
+            for g in [5u64, 25, 2 * n as u64 - 1, 3] {
+                let mut want = vec![0; n];
+                automorphism_coeff(&a, g, q, &mut want);
+                ntt.forward(&mut want);
+                let mut fa = a.clone();
+                ntt.forward(&mut fa);
+                let perm = automorphism_permutation(n, g);
+                let got: Vec<u64> = perm.iter().map(|&j| fa[j as usize]).collect();
+                assert_eq!(got, want, "g = {g}, bits = {bits}");
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! CKKS parameter sets: ring degree, the ciphertext modulus chain Q = q0..qL, the special primes P
+//! of hybrid key switching, the number of key-switching digits (dnum) and the default scale.
+//!
+//! Construction refuses any set whose log2(QP) exceeds the 128-bit bound for its ring degree
+//! (HE standard, ternary secret, sigma 3.2, as tabulated by OpenFHE). There is no way around the
+//! check: insecure sets cannot be built.
+
+use sha2::{Digest, Sha256};
+
+use crate::arith::{ntt_primes, MAX_MODULUS_BITS};
+use crate::error::ParamsError;
+
+/// Standard deviation of the error distribution (discrete Gaussian, truncated at 6 sigma).
+pub const ERROR_STD_DEV: f64 = 3.2;
+
+/// Largest log2(QP) for 128-bit classical security with a uniform ternary secret.
+pub fn max_log_qp_128(log_n: u32) -> Option<f64> {
+    Some(match log_n {
+        10 => 27.0,
+        11 => 54.0,
+        12 => 109.0,
+        13 => 218.0,
+        14 => 438.0,
+        15 => 881.0,
+        16 => 1747.0,
+        17 => 3523.0,
+        _ => return None,
+    })
+}
+
+/// What a parameter set is made of, before primes are chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub log_n: u32,
+    /// Bit sizes of q0, q1, ..., qL (q0 is the last prime left before decryption).
+    pub q_bits: Vec<u32>,
+    /// Bit sizes of the special primes p0..p(K-1).
+    pub p_bits: Vec<u32>,
+    /// Number of digits of the key-switching decomposition (1..=L+1).
+    pub dnum: usize,
+    /// log2 of the default scale Delta.
+    pub log_scale: u32,
+}
+
+/// The named sets this crate ships. The `N16_D*` sets match the peer benchmarks' Q chains.
+pub const NAMED_SETS: &[&str] = &["N12_TINY", "N14_TEST", "N16_D20", "N16_D30", "N16_L39"];
+
+impl ParamSpec {
+    /// A shipped set by name.
+    pub fn named(name: &str) -> Result<Self, ParamsError> {
+        let spec = |log_n, q_bits: Vec<u32>, p_bits: Vec<u32>, dnum, log_scale| Self {
+            name: name.to_string(),
+            log_n,
+            q_bits,
+            p_bits,
+            dnum,
+            log_scale,
+        };
+        let chain = |first: u32, bits: u32, count: usize| {
+            let mut v = vec![first];
+            v.extend(std::iter::repeat_n(bits, count));
+            v
+        };
+        Ok(match name {
+            // Smallest secure ring: wire-format and property tests (no meaningful depth).
+            "N12_TINY" => spec(12, vec![40, 30], vec![38], 2, 25),
+            // Fast functional tests: 5 primes of 50 bits carry 10 levels at Delta = 2^25 (two
+            // levels per prime) or 5 at 2^50; dnum 3 exercises multi-digit key switching.
+            "N14_TEST" => spec(14, chain(60, 50, 5), vec![61, 61], 3, 25),
+            // The peers' N16_D20 chain (60 + 20x40 bits); P of 7 IFMA-friendly primes, dnum 3.
+            "N16_D20" => spec(16, chain(60, 40, 20), vec![50; 7], 3, 40),
+            // The peers' N16_D30 chain (60 + 30x40 bits); dnum 3 leaves 480 bits for P.
+            "N16_D30" => spec(16, chain(60, 40, 30), vec![48; 10], 3, 40),
+            // ResNet-20 depth: 21 primes of 50 bits (below 2^50 for the IFMA NTT), two levels of
+            // Delta = 2^25 per prime: about 40 multiplicative levels; 13 special primes, dnum 2.
+            "N16_L39" => spec(16, vec![50; 21], vec![50; 13], 2, 25),
+            _ => return Err(ParamsError::UnknownSet(name.to_string())),
+        })
+    }
+
+    /// Chooses the primes and checks the set (security bound included).
+    pub fn build(&self) -> Result<Params, ParamsError> {
+        Params::new(self.clone())
+    }
+}
+
+/// A validated parameter set with its primes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    spec: ParamSpec,
+    n: usize,
+    q: Vec<u64>,
+    p: Vec<u64>,
+    log_qp: f64,
+    /// Primes per key-switching digit (the last digit may be shorter).
+    alpha: usize,
+    fingerprint: [u8; 32],
+}
+
+impl Params {
+    fn new(spec: ParamSpec) -> Result<Self, ParamsError> {
+        let bound = max_log_qp_128(spec.log_n).ok_or(ParamsError::RingDegree(spec.log_n))?;
+        if spec.q_bits.is_empty() || spec.p_bits.is_empty() {
+            return Err(ParamsError::EmptyChain);
+        }
+        let nominal: u32 = spec.q_bits.iter().chain(&spec.p_bits).sum();
+        if nominal as f64 > bound + 1.0 {
+            return Err(ParamsError::Insecure {
+                log_n: spec.log_n,
+                log_qp: nominal as f64,
+                bound,
+            });
+        }
+        if spec
+            .q_bits
+            .iter()
+            .chain(&spec.p_bits)
+            .any(|&b| !(20..=MAX_MODULUS_BITS).contains(&b))
+        {
+            return Err(ParamsError::PrimeSize);
+        }
+        if spec.dnum == 0 || spec.dnum > spec.q_bits.len() {
+            return Err(ParamsError::Dnum(spec.dnum));
+        }
+        if spec.log_scale == 0 || spec.log_scale >= 62 {
+            return Err(ParamsError::Scale(spec.log_scale));
+        }
+        let n = 1usize << spec.log_n;
+        let two_n = 2 * n as u64;
+        // Primes of equal size are drawn in order from one descending list, so that the chain
+        // is deterministic and all primes are distinct.
+        let mut used: Vec<u64> = Vec::new();
+        let mut pick = |bits: u32| -> Result<u64, ParamsError> {
+            let p = ntt_primes(bits, two_n, 1, &used).ok_or(ParamsError::NoPrimes { bits })?[0];
+            used.push(p);
+            Ok(p)
+        };
+        let q = spec
+            .q_bits
+            .iter()
+            .map(|&b| pick(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let p = spec
+            .p_bits
+            .iter()
+            .map(|&b| pick(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let log_qp: f64 = q.iter().chain(&p).map(|&x| (x as f64).log2()).sum();
+        if log_qp > bound {
+            return Err(ParamsError::Insecure {
+                log_n: spec.log_n,
+                log_qp,
+                bound,
+            });
+        }
+        let alpha = spec.q_bits.len().div_ceil(spec.dnum);
+        let mut h = Sha256::new();
+        h.update(b"blindsight-ckks-params-v1");
+        h.update(spec.log_n.to_le_bytes());
+        h.update((alpha as u32).to_le_bytes());
+        for list in [&q, &p] {
+            h.update((list.len() as u32).to_le_bytes());
+            for x in list.iter() {
+                h.update(x.to_le_bytes());
+            }
+        }
+        h.update(ERROR_STD_DEV.to_le_bytes());
+        let fingerprint = h.finalize().into();
+        Ok(Self {
+            spec,
+            n,
+            q,
+            p,
+            log_qp,
+            alpha,
+            fingerprint,
+        })
+    }
+
+    /// A shipped set by name, built.
+    pub fn named(name: &str) -> Result<Self, ParamsError> {
+        ParamSpec::named(name)?.build()
+    }
+
+    pub fn spec(&self) -> &ParamSpec {
+        &self.spec
+    }
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+    /// Ring degree N.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub fn log_n(&self) -> u32 {
+        self.spec.log_n
+    }
+    /// Complex slots: N/2.
+    pub fn slots(&self) -> usize {
+        self.n / 2
+    }
+    pub fn q(&self) -> &[u64] {
+        &self.q
+    }
+    pub fn p(&self) -> &[u64] {
+        &self.p
+    }
+    /// Highest level L (a fresh ciphertext has L+1 primes).
+    pub fn max_level(&self) -> usize {
+        self.q.len() - 1
+    }
+    pub fn log_qp(&self) -> f64 {
+        self.log_qp
+    }
+    /// log2 of the product q0..ql.
+    pub fn log_q_at(&self, level: usize) -> f64 {
+        self.q[..=level].iter().map(|&x| (x as f64).log2()).sum()
+    }
+    pub fn dnum(&self) -> usize {
+        self.spec.dnum
+    }
+    /// Primes per digit. Digits are fixed by prime index, so a key made at one level also works
+    /// at every lower level.
+    pub fn alpha(&self) -> usize {
+        self.alpha
+    }
+    /// Digits a key or decomposition at `level` has.
+    pub fn digits_at(&self, level: usize) -> usize {
+        (level + 1).div_ceil(self.alpha)
+    }
+    pub fn default_scale(&self) -> f64 {
+        (self.spec.log_scale as f64).exp2()
+    }
+    /// SHA-256 over the primes, ring degree and digit layout: objects carry it so that nothing is
+    /// ever combined across parameter sets.
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_sets_are_secure_and_distinct() {
+        for name in NAMED_SETS {
+            let p = Params::named(name).unwrap();
+            assert!(p.log_qp() <= max_log_qp_128(p.log_n()).unwrap(), "{name}");
+            let mut all: Vec<u64> = p.q().iter().chain(p.p()).copied().collect();
+            all.sort();
+            all.dedup();
+            assert_eq!(all.len(), p.q().len() + p.p().len());
+            for &x in &all {
+                assert_eq!(x % (2 * p.n() as u64), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn resnet_set_has_room_for_39_levels() {
+        let p = Params::named("N16_L39").unwrap();
+        // two levels of Delta per prime after q0
+        let levels = 2 * p.max_level();
+        assert!(levels >= 39, "{levels}");
+        assert!(p.q().iter().all(|&q| q < 1 << 50), "IFMA-friendly");
+    }
+
+    #[test]
+    fn insecure_sets_are_refused() {
+        // PAPER's ResNet parameters: N = 2^15 with 906 bits.
+        let mut q_bits = vec![22];
+        q_bits.extend(std::iter::repeat_n(42, 20));
+        let spec = ParamSpec {
+            name: "paper".into(),
+            log_n: 15,
+            q_bits,
+            p_bits: vec![44],
+            dnum: 21,
+            log_scale: 21,
+        };
+        assert!(matches!(spec.build(), Err(ParamsError::Insecure { .. })));
+        let mut big = ParamSpec::named("N16_D20").unwrap();
+        big.p_bits = vec![60; 15];
+        assert!(matches!(big.build(), Err(ParamsError::Insecure { .. })));
+        let mut odd = ParamSpec::named("N14_TEST").unwrap();
+        odd.log_n = 9;
+        assert!(matches!(odd.build(), Err(ParamsError::RingDegree(9))));
+    }
+
+    #[test]
+    fn fingerprint_depends_on_primes() {
+        let a = Params::named("N14_TEST").unwrap();
+        let mut spec = a.spec().clone();
+        spec.q_bits[1] = 49;
+        let b = spec.build().unwrap();
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(
+            a.fingerprint(),
+            Params::named("N14_TEST").unwrap().fingerprint()
+        );
+    }
+}

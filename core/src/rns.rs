@@ -1,0 +1,749 @@
+//! Polynomials of Z_Q[X]/(X^N + 1) in residue-number-system form, stored limb-major (one contiguous
+//! `[u64; N]` per prime), and the basis operations key switching and rescaling are built from:
+//! fast basis conversion, and exact division (with rounding) by the last prime or by a whole basis.
+//!
+//! This module knows rings, not CKKS: scales, levels and keys live above it.
+
+use std::sync::Arc;
+
+use crate::arith::Modulus;
+use crate::ntt::{NttBackend, TfheNtt};
+use crate::par;
+
+/// An ordered list of primes with their NTT plans; limb `i` of a polynomial over this basis holds
+/// residues modulo `modulus(i)`.
+#[derive(Clone)]
+pub struct RnsBasis {
+    n: usize,
+    moduli: Vec<Modulus>,
+    ntts: Vec<Arc<dyn NttBackend>>,
+}
+
+impl std::fmt::Debug for RnsBasis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RnsBasis")
+            .field("n", &self.n)
+            .field(
+                "moduli",
+                &self.moduli.iter().map(|m| m.value()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl RnsBasis {
+    /// Builds NTT plans for every prime; None if one of them admits no negacyclic NTT of size n.
+    pub fn new(n: usize, primes: &[u64]) -> Option<Self> {
+        let mut ntts: Vec<Arc<dyn NttBackend>> = Vec::with_capacity(primes.len());
+        for &q in primes {
+            ntts.push(Arc::new(TfheNtt::new(n, q)?));
+        }
+        Some(Self {
+            n,
+            moduli: primes.iter().map(|&q| Modulus::new(q)).collect(),
+            ntts,
+        })
+    }
+
+    /// The basis of the limbs `range` of this one (plans are shared).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Self {
+        Self {
+            n: self.n,
+            moduli: self.moduli[range.clone()].to_vec(),
+            ntts: self.ntts[range].to_vec(),
+        }
+    }
+
+    /// This basis followed by `other`.
+    pub fn concat(&self, other: &Self) -> Self {
+        assert_eq!(self.n, other.n);
+        let mut out = self.clone();
+        out.moduli.extend_from_slice(&other.moduli);
+        out.ntts.extend(other.ntts.iter().cloned());
+        out
+    }
+
+    #[inline]
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.moduli.len()
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.moduli.is_empty()
+    }
+
+    #[inline]
+    pub fn modulus(&self, i: usize) -> &Modulus {
+        &self.moduli[i]
+    }
+
+    #[inline]
+    pub fn moduli(&self) -> &[Modulus] {
+        &self.moduli
+    }
+
+    #[inline]
+    pub fn ntt(&self, i: usize) -> &dyn NttBackend {
+        &*self.ntts[i]
+    }
+
+    pub fn zero(&self) -> RnsPoly {
+        RnsPoly::zero(self.n, self.len())
+    }
+
+    fn check(&self, p: &RnsPoly) {
+        debug_assert_eq!(p.n, self.n);
+        debug_assert_eq!(p.num_limbs(), self.len(), "polynomial and basis disagree");
+    }
+
+    pub fn forward(&self, p: &mut RnsPoly) {
+        self.check(p);
+        par::for_each_limb(&mut p.data, self.n, |i, limb| self.ntts[i].forward(limb));
+    }
+
+    pub fn inverse(&self, p: &mut RnsPoly) {
+        self.check(p);
+        par::for_each_limb(&mut p.data, self.n, |i, limb| self.ntts[i].inverse(limb));
+    }
+
+    pub fn add_assign(&self, a: &mut RnsPoly, b: &RnsPoly) {
+        self.check(a);
+        self.check(b);
+        par::for_each_limb(&mut a.data, self.n, |i, limb| {
+            let m = self.moduli[i];
+            for (x, &y) in limb.iter_mut().zip(b.limb(i)) {
+                *x = m.add(*x, y);
+            }
+        });
+    }
+
+    pub fn sub_assign(&self, a: &mut RnsPoly, b: &RnsPoly) {
+        self.check(a);
+        self.check(b);
+        par::for_each_limb(&mut a.data, self.n, |i, limb| {
+            let m = self.moduli[i];
+            for (x, &y) in limb.iter_mut().zip(b.limb(i)) {
+                *x = m.sub(*x, y);
+            }
+        });
+    }
+
+    pub fn neg_assign(&self, a: &mut RnsPoly) {
+        self.check(a);
+        par::for_each_limb(&mut a.data, self.n, |i, limb| {
+            let m = self.moduli[i];
+            for x in limb.iter_mut() {
+                *x = m.neg(*x);
+            }
+        });
+    }
+
+    /// Pointwise product (NTT form): `a *= b`.
+    pub fn mul_assign(&self, a: &mut RnsPoly, b: &RnsPoly) {
+        self.check(a);
+        self.check(b);
+        par::for_each_limb(&mut a.data, self.n, |i, limb| {
+            let m = self.moduli[i];
+            for (x, &y) in limb.iter_mut().zip(b.limb(i)) {
+                *x = m.mul(*x, y);
+            }
+        });
+    }
+
+    /// `acc += a * b` pointwise (NTT form).
+    pub fn mul_add_assign(&self, acc: &mut RnsPoly, a: &RnsPoly, b: &RnsPoly) {
+        self.check(acc);
+        self.check(a);
+        self.check(b);
+        par::for_each_limb(&mut acc.data, self.n, |i, limb| {
+            let m = self.moduli[i];
+            for ((x, &y), &z) in limb.iter_mut().zip(a.limb(i)).zip(b.limb(i)) {
+                *x = m.add(*x, m.mul(y, z));
+            }
+        });
+    }
+
+    /// Multiplies limb `i` by the residue `scalars[i]` (a constant given in RNS form).
+    pub fn mul_scalar_assign(&self, a: &mut RnsPoly, scalars: &[u64]) {
+        self.check(a);
+        par::for_each_limb(&mut a.data, self.n, |i, limb| {
+            let m = self.moduli[i];
+            let (w, ws) = (scalars[i], m.shoup(scalars[i]));
+            for x in limb.iter_mut() {
+                *x = m.mul_shoup(*x, w, ws);
+            }
+        });
+    }
+
+    /// `acc += a * scalars` limb by limb.
+    pub fn mul_scalar_add_assign(&self, acc: &mut RnsPoly, a: &RnsPoly, scalars: &[u64]) {
+        self.check(acc);
+        self.check(a);
+        par::for_each_limb(&mut acc.data, self.n, |i, limb| {
+            let m = self.moduli[i];
+            let (w, ws) = (scalars[i], m.shoup(scalars[i]));
+            for (x, &y) in limb.iter_mut().zip(a.limb(i)) {
+                *x = m.add(*x, m.mul_shoup(y, w, ws));
+            }
+        });
+    }
+
+    /// Adds the constant polynomial with residues `scalars` (in NTT form a constant is the same in
+    /// every slot, so this is valid in both representations only for the NTT form).
+    pub fn add_scalar_ntt_assign(&self, a: &mut RnsPoly, scalars: &[u64]) {
+        self.check(a);
+        par::for_each_limb(&mut a.data, self.n, |i, limb| {
+            let m = self.moduli[i];
+            for x in limb.iter_mut() {
+                *x = m.add(*x, scalars[i]);
+            }
+        });
+    }
+
+    /// Applies the NTT-domain permutation of an automorphism (see `ntt::automorphism_permutation`).
+    pub fn permute(&self, a: &RnsPoly, perm: &[u32]) -> RnsPoly {
+        self.check(a);
+        let mut out = self.zero();
+        par::for_each_limb(&mut out.data, self.n, |i, limb| {
+            let src = a.limb(i);
+            for (o, &j) in limb.iter_mut().zip(perm) {
+                *o = src[j as usize];
+            }
+        });
+        out
+    }
+
+    /// The residues of the integer `x` (given by its residues modulo `self`) are already here;
+    /// this maps a signed small integer to every limb.
+    pub fn from_i64(&self, x: i64) -> Vec<u64> {
+        self.moduli.iter().map(|m| m.from_i64(x)).collect()
+    }
+
+    /// Exact CRT reconstruction of a coefficient-form polynomial to centered values in (-Q/2, Q/2],
+    /// as f64 (Garner's mixed radix: exact digits, one rounding at the end).
+    pub fn to_centered_f64(&self, p: &RnsPoly) -> Vec<f64> {
+        self.check(p);
+        let k = self.len();
+        let m = &self.moduli;
+        // inv[i][j] = q_j^-1 mod q_i for j < i
+        let inv: Vec<Vec<u64>> = (0..k)
+            .map(|i| {
+                (0..i)
+                    .map(|j| m[i].inv(m[i].reduce(m[j].value())).expect("distinct"))
+                    .collect()
+            })
+            .collect();
+        // mixed-radix digits of floor(Q/2), to decide the sign
+        let half_digits = {
+            // Q - 1 has digits (q_i - 1); halving a mixed-radix number walks from the top.
+            let mut digits = vec![0u64; k];
+            let mut rem = 0u128; // remainder carried down, < 2
+            for i in (0..k).rev() {
+                let cur = rem * m[i].value() as u128 + (m[i].value() - 1) as u128;
+                digits[i] = (cur / 2) as u64;
+                rem = cur % 2;
+            }
+            digits
+        };
+        let mut v = vec![0u64; k];
+        (0..self.n)
+            .map(|c| {
+                for i in 0..k {
+                    let mut x = p.limb(i)[c];
+                    for j in 0..i {
+                        x = m[i].mul(m[i].sub(x, m[i].reduce(v[j])), inv[i][j]);
+                    }
+                    v[i] = x;
+                }
+                let negative = (0..k)
+                    .rev()
+                    .find(|&i| v[i] != half_digits[i])
+                    .is_some_and(|i| v[i] > half_digits[i]);
+                if negative {
+                    // Q - x in mixed radix: digit-wise complement with borrow
+                    let mut borrow = 0u64;
+                    for i in 0..k {
+                        let qi = m[i].value();
+                        let sub = v[i] + borrow;
+                        if sub == 0 {
+                            v[i] = 0;
+                            borrow = 0;
+                        } else {
+                            v[i] = qi - sub;
+                            borrow = 1;
+                        }
+                    }
+                }
+                let mut val = 0f64;
+                for i in (0..k).rev() {
+                    val = val * m[i].value() as f64 + v[i] as f64;
+                }
+                if negative {
+                    -val
+                } else {
+                    val
+                }
+            })
+            .collect()
+    }
+
+    /// Rounds `p / q_last` and drops the last limb (`p` in NTT form, result in NTT form over the
+    /// basis without its last prime). The rescaling of CKKS.
+    pub fn divide_round_by_last(&self, p: &mut RnsPoly) {
+        self.check(p);
+        let l = self.len() - 1;
+        let ql = self.moduli[l];
+        let half = ql.value() >> 1;
+        let mut last = p.limb(l).to_vec();
+        self.ntts[l].inverse(&mut last);
+        for x in last.iter_mut() {
+            *x = ql.add(*x, half);
+        }
+        p.truncate_limbs(l);
+        par::for_each_limb(&mut p.data, self.n, |i, limb| {
+            let m = self.moduli[i];
+            let inv = m.inv(ql.value() % m.value()).expect("distinct primes");
+            let inv_s = m.shoup(inv);
+            let half_i = m.reduce(half);
+            let mut t: Vec<u64> = last.iter().map(|&x| m.sub(m.reduce(x), half_i)).collect();
+            self.ntts[i].forward(&mut t);
+            for (x, &y) in limb.iter_mut().zip(&t) {
+                *x = m.mul_shoup(m.sub(*x, y), inv, inv_s);
+            }
+        });
+    }
+}
+
+/// A polynomial in RNS form: `num_limbs` contiguous limbs of `n` residues each. Whether it holds
+/// coefficients or NTT values, and over which basis, is the owner's bookkeeping.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RnsPoly {
+    n: usize,
+    data: Vec<u64>,
+}
+
+impl std::fmt::Debug for RnsPoly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RnsPoly(n={}, limbs={})", self.n, self.num_limbs())
+    }
+}
+
+impl RnsPoly {
+    pub fn zero(n: usize, limbs: usize) -> Self {
+        Self {
+            n,
+            data: vec![0; n * limbs],
+        }
+    }
+
+    /// Wraps limb-major data (`data.len()` must be a multiple of `n`).
+    pub fn from_data(n: usize, data: Vec<u64>) -> Self {
+        assert!(n > 0 && data.len() % n == 0);
+        Self { n, data }
+    }
+
+    #[inline]
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    #[inline]
+    pub fn num_limbs(&self) -> usize {
+        self.data.len() / self.n
+    }
+
+    #[inline]
+    pub fn limb(&self, i: usize) -> &[u64] {
+        &self.data[i * self.n..(i + 1) * self.n]
+    }
+
+    #[inline]
+    pub fn limb_mut(&mut self, i: usize) -> &mut [u64] {
+        &mut self.data[i * self.n..(i + 1) * self.n]
+    }
+
+    #[inline]
+    pub fn data(&self) -> &[u64] {
+        &self.data
+    }
+
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u64] {
+        &mut self.data
+    }
+
+    /// Keeps the first `limbs` limbs.
+    pub fn truncate_limbs(&mut self, limbs: usize) {
+        self.data.truncate(limbs * self.n);
+    }
+
+    /// Copy of the limbs `range`.
+    pub fn slice_limbs(&self, range: std::ops::Range<usize>) -> Self {
+        Self {
+            n: self.n,
+            data: self.data[range.start * self.n..range.end * self.n].to_vec(),
+        }
+    }
+
+    /// Appends the limbs of `other`.
+    pub fn extend_limbs(&mut self, other: &RnsPoly) {
+        assert_eq!(self.n, other.n);
+        self.data.extend_from_slice(&other.data);
+    }
+}
+
+impl zeroize::Zeroize for RnsPoly {
+    fn zeroize(&mut self) {
+        self.data.zeroize();
+    }
+}
+
+/// Fast (approximate) basis conversion from basis B to basis T on polynomials in coefficient
+/// form: computes `sum_i [x_i * (B/b_i)^-1]_{b_i} * (B/b_i) mod t`, which equals `x + u*B` for a
+/// small `0 <= u < |B|`. Hybrid key switching and ModDown tolerate that `u*B` term.
+pub struct BasisConverter {
+    from: RnsBasis,
+    to: RnsBasis,
+    /// `(B/b_i)^-1 mod b_i` and its Shoup constant.
+    inv_punctured: Vec<(u64, u64)>,
+    /// `(B/b_i) mod t_j`, row j.
+    punctured_mod_to: Vec<Vec<u64>>,
+    /// Terms that can be summed in a u128 before a reduction is needed.
+    terms_per_reduction: usize,
+    /// `1 / b_i` and `B mod t_j`, for the exact conversion.
+    inv_from_f64: Vec<f64>,
+    b_mod_to: Vec<u64>,
+}
+
+impl BasisConverter {
+    pub fn new(from: &RnsBasis, to: &RnsBasis) -> Self {
+        let inv_punctured = (0..from.len())
+            .map(|i| {
+                let m = from.modulus(i);
+                let mut prod = 1u64;
+                for (j, mj) in from.moduli().iter().enumerate() {
+                    if j != i {
+                        prod = m.mul(prod, m.reduce(mj.value()));
+                    }
+                }
+                let inv = m.inv(prod).expect("distinct primes");
+                (inv, m.shoup(inv))
+            })
+            .collect();
+        let punctured_mod_to = to
+            .moduli()
+            .iter()
+            .map(|t| {
+                (0..from.len())
+                    .map(|i| {
+                        let mut prod = 1u64;
+                        for (j, mj) in from.moduli().iter().enumerate() {
+                            if j != i {
+                                prod = t.mul(prod, t.reduce(mj.value()));
+                            }
+                        }
+                        prod
+                    })
+                    .collect()
+            })
+            .collect();
+        let max_from = from.moduli().iter().map(|m| m.value()).max().unwrap_or(1) as u128;
+        let max_to = to.moduli().iter().map(|m| m.value()).max().unwrap_or(1) as u128;
+        let terms_per_reduction = ((u128::MAX / (max_from * max_to)) as usize).clamp(1, 1 << 20);
+        Self {
+            inv_from_f64: from
+                .moduli()
+                .iter()
+                .map(|m| 1.0 / m.value() as f64)
+                .collect(),
+            b_mod_to: to
+                .moduli()
+                .iter()
+                .map(|t| {
+                    from.moduli()
+                        .iter()
+                        .fold(1u64, |acc, m| t.mul(acc, t.reduce(m.value())))
+                })
+                .collect(),
+            from: from.clone(),
+            to: to.clone(),
+            inv_punctured,
+            punctured_mod_to,
+            terms_per_reduction,
+        }
+    }
+
+    pub fn from(&self) -> &RnsBasis {
+        &self.from
+    }
+
+    pub fn to(&self) -> &RnsBasis {
+        &self.to
+    }
+
+    /// `input` over B in coefficient form; returns the conversion over T in coefficient form
+    /// (approximate: `x + u*B` with `0 <= u < |B|`).
+    pub fn convert(&self, input: &RnsPoly) -> RnsPoly {
+        self.convert_inner(input, false)
+    }
+
+    /// Exact conversion of `x in [0, B)`: the overflow count `u = floor(sum_i y_i / b_i)` is
+    /// recovered in floating point and subtracted. Where the result is divided by B afterwards
+    /// (ModDown), the approximate `u` would leave a bias of about |B|/2 in every coefficient, which
+    /// decryption multiplies by the secret key into structured error of order N*|B|: at a 2^25
+    /// scale that costs several bits.
+    pub fn convert_exact(&self, input: &RnsPoly) -> RnsPoly {
+        self.convert_inner(input, true)
+    }
+
+    fn convert_inner(&self, input: &RnsPoly, exact: bool) -> RnsPoly {
+        let n = self.from.n();
+        assert_eq!(input.num_limbs(), self.from.len());
+        let mut y = input.clone();
+        par::for_each_limb(&mut y.data, n, |i, limb| {
+            let m = self.from.modulus(i);
+            let (w, ws) = self.inv_punctured[i];
+            for x in limb.iter_mut() {
+                *x = m.mul_shoup(*x, w, ws);
+            }
+        });
+        let overflow: Vec<u64> = if exact {
+            (0..n)
+                .map(|k| {
+                    let v: f64 = (0..self.from.len())
+                        .map(|i| y.limb(i)[k] as f64 * self.inv_from_f64[i])
+                        .sum();
+                    v.floor() as u64
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut out = self.to.zero();
+        const BLOCK: usize = 256;
+        par::for_each_limb(&mut out.data, n, |j, limb| {
+            let t = self.to.modulus(j);
+            let coeffs = &self.punctured_mod_to[j];
+            let mut acc = [0u128; BLOCK];
+            for start in (0..n).step_by(BLOCK) {
+                let len = BLOCK.min(n - start);
+                let acc = &mut acc[..len];
+                acc.fill(0);
+                for (i, &c) in coeffs.iter().enumerate() {
+                    let src = &y.limb(i)[start..start + len];
+                    for (a, &v) in acc.iter_mut().zip(src) {
+                        *a += v as u128 * c as u128;
+                    }
+                    if (i + 1) % self.terms_per_reduction == 0 {
+                        for a in acc.iter_mut() {
+                            *a = t.reduce_u128(*a) as u128;
+                        }
+                    }
+                }
+                let out = &mut limb[start..start + len];
+                for (o, &a) in out.iter_mut().zip(acc.iter()) {
+                    *o = t.reduce_u128(a);
+                }
+                if exact {
+                    let bm = self.b_mod_to[j];
+                    for (o, &u) in out.iter_mut().zip(&overflow[start..start + len]) {
+                        *o = t.sub(*o, t.mul(u, bm));
+                    }
+                }
+            }
+        });
+        out
+    }
+}
+
+/// Division with rounding by the product P of a trailing sub-basis: maps a polynomial over
+/// `Q ++ P` (NTT form) to `round(x / P)` over Q (NTT form). ModDown of hybrid key switching.
+pub struct ModDown {
+    /// P -> Q conversion.
+    conv: BasisConverter,
+    /// `P^-1 mod q_i` with Shoup constants.
+    p_inv: Vec<(u64, u64)>,
+    /// `floor(P/2) mod p_j` and `mod q_i`: the rounding offset.
+    half_p: Vec<u64>,
+    half_q: Vec<u64>,
+}
+
+impl ModDown {
+    pub fn new(q: &RnsBasis, p: &RnsBasis) -> Self {
+        let p_inv = q
+            .moduli()
+            .iter()
+            .map(|m| {
+                let prod = p
+                    .moduli()
+                    .iter()
+                    .fold(1u64, |acc, pj| m.mul(acc, m.reduce(pj.value())));
+                let inv = m.inv(prod).expect("distinct primes");
+                (inv, m.shoup(inv))
+            })
+            .collect();
+        // floor(P/2) = (P-1)/2 for odd P; its residue mod p_j is (p_j... ) computed as (P - 1) * 2^-1.
+        let half_mod = |m: &Modulus| {
+            let prod = p
+                .moduli()
+                .iter()
+                .fold(1u64, |acc, pj| m.mul(acc, m.reduce(pj.value())));
+            m.mul(m.sub(prod, 1), m.inv(2).expect("odd modulus"))
+        };
+        Self {
+            conv: BasisConverter::new(p, q),
+            p_inv,
+            half_p: p.moduli().iter().map(half_mod).collect(),
+            half_q: q.moduli().iter().map(half_mod).collect(),
+        }
+    }
+
+    /// `x` holds `|Q|` limbs then `|P|` limbs, NTT form; returns round(x/P) over Q, NTT form.
+    ///
+    /// With `h = floor(P/2)` and `t = [x + h]_P - h` (the centered residue of x mod P, per
+    /// coefficient, so the offset is applied in coefficient form), `(x - t) / P` is exact.
+    pub fn apply(&self, x: &RnsPoly) -> RnsPoly {
+        let q = self.conv.to();
+        let p = self.conv.from();
+        let nq = q.len();
+        let mut xp = x.slice_limbs(nq..nq + p.len());
+        p.inverse(&mut xp);
+        par::for_each_limb(xp.data_mut(), p.n(), |j, limb| {
+            let m = p.modulus(j);
+            for v in limb.iter_mut() {
+                *v = m.add(*v, self.half_p[j]);
+            }
+        });
+        let mut t = self.conv.convert_exact(&xp);
+        par::for_each_limb(t.data_mut(), q.n(), |i, limb| {
+            let m = q.modulus(i);
+            for v in limb.iter_mut() {
+                *v = m.sub(*v, self.half_q[i]);
+            }
+            q.ntt(i).forward(limb);
+        });
+        let mut out = x.slice_limbs(0..nq);
+        par::for_each_limb(&mut out.data, q.n(), |i, limb| {
+            let m = q.modulus(i);
+            let (w, ws) = self.p_inv[i];
+            for (o, &c) in limb.iter_mut().zip(t.limb(i)) {
+                *o = m.mul_shoup(m.sub(*o, c), w, ws);
+            }
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arith::ntt_primes;
+
+    fn basis(n: usize, bits: u32, count: usize, exclude: &[u64]) -> RnsBasis {
+        let primes = ntt_primes(bits, 2 * n as u64, count, exclude).unwrap();
+        RnsBasis::new(n, &primes).unwrap()
+    }
+
+    /// Residues of small signed coefficients.
+    fn poly_from_i64(b: &RnsBasis, coeffs: &[i64]) -> RnsPoly {
+        let mut p = b.zero();
+        for i in 0..b.len() {
+            let m = *b.modulus(i);
+            for (x, &c) in p.limb_mut(i).iter_mut().zip(coeffs) {
+                *x = m.from_i64(c);
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn basis_conversion_is_exact_up_to_multiple_of_b() {
+        let n = 64;
+        let from = basis(n, 50, 3, &[]);
+        let excl: Vec<u64> = from.moduli().iter().map(|m| m.value()).collect();
+        let to = basis(n, 49, 2, &excl);
+        let coeffs: Vec<i64> = (0..n as i64).map(|i| (i - 32) * 1_000_000_007).collect();
+        let x = poly_from_i64(&from, &coeffs);
+        let conv = BasisConverter::new(&from, &to);
+        let y = conv.convert(&x);
+        // y = x + u*B mod t with 0 <= u < 3: check that (y - x) mod t is a multiple of B mod t.
+        for j in 0..to.len() {
+            let t = to.modulus(j);
+            let b_mod_t = from
+                .moduli()
+                .iter()
+                .fold(1, |a, m| t.mul(a, t.reduce(m.value())));
+            for k in 0..n {
+                let diff = t.sub(y.limb(j)[k], t.from_i64(coeffs[k]));
+                assert!((0..4).any(|u| t.mul(u, b_mod_t) == diff), "coefficient {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn divide_round_by_last_rounds() {
+        let n = 32;
+        let b = basis(n, 45, 3, &[]);
+        let ql = b.modulus(2).value() as i128;
+        // x = k*ql + r: result must be round(x/ql).
+        let coeffs: Vec<i128> = (0..n as i128)
+            .map(|i| (i - 16) * ql * 1000 + (i * 7919 - 100_000) % ql)
+            .collect();
+        let mut p = b.zero();
+        for i in 0..3 {
+            let m = b.modulus(i).value() as i128;
+            for (x, &c) in p.limb_mut(i).iter_mut().zip(&coeffs) {
+                *x = c.rem_euclid(m) as u64;
+            }
+        }
+        b.forward(&mut p);
+        b.divide_round_by_last(&mut p);
+        let b2 = b.slice(0..2);
+        b2.inverse(&mut p);
+        for (k, &c) in coeffs.iter().enumerate() {
+            let want = (2 * c + ql).div_euclid(2 * ql); // round(c / q_last), exactly
+            for i in 0..2 {
+                let m = b2.modulus(i).value() as i128;
+                assert_eq!(p.limb(i)[k] as i128, want.rem_euclid(m));
+            }
+        }
+    }
+
+    #[test]
+    fn mod_down_divides_by_p() {
+        let n = 32;
+        let q = basis(n, 50, 2, &[]);
+        let excl: Vec<u64> = q.moduli().iter().map(|m| m.value()).collect();
+        let p = basis(n, 48, 2, &excl);
+        let qp = q.concat(&p);
+        let pv: i128 = p.moduli().iter().map(|m| m.value() as i128).product();
+        let coeffs: Vec<i128> = (0..n as i128)
+            .map(|i| (i - 16) * pv * 3 + (i * 1_234_567 - 5_000_000))
+            .collect();
+        let mut x = qp.zero();
+        for i in 0..qp.len() {
+            let m = qp.modulus(i).value() as i128;
+            for (v, &c) in x.limb_mut(i).iter_mut().zip(&coeffs) {
+                *v = c.rem_euclid(m) as u64;
+            }
+        }
+        qp.forward(&mut x);
+        let md = ModDown::new(&q, &p);
+        let mut y = md.apply(&x);
+        q.inverse(&mut y);
+        for (k, &c) in coeffs.iter().enumerate() {
+            let want = (2 * c + pv).div_euclid(2 * pv); // round(c / P), exactly
+            for i in 0..q.len() {
+                let m = q.modulus(i);
+                let got = m.center(y.limb(i)[k]) as i128;
+                assert_eq!(got, want, "coefficient {k}");
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Every evaluator operation against the same computation on plaintext values, with stated error
+//! bounds, on the fast secure test set N14_TEST (N = 2^14, 8192 slots).
+
+use std::sync::{Arc, OnceLock};
+
+use blindsight_core::*;
+
+struct Fixture {
+    ctx: Arc<Context>,
+    sk: SecretKey,
+    pk: PublicKey,
+    keys: EvaluationKeys,
+}
+
+/// Rotation amounts the tests use (keys at the top level).
+const ROTATIONS: [i64; 7] = [1, 2, 5, -1, 64, 4095, 4096];
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let ctx = Context::named("N14_TEST").unwrap();
+        let sk = SecretKey::generate(&ctx);
+        let mut kg = KeyGenerator::new(&ctx, &sk);
+        let pk = kg.public_key();
+        let top = ctx.max_level();
+        let mut keys = EvaluationKeys::new();
+        keys.insert(kg.relin_key(top).unwrap());
+        keys.insert(kg.conjugation_key(top).unwrap());
+        for r in ROTATIONS {
+            keys.insert(kg.rotation_key(r, top).unwrap());
+        }
+        // powers of two for rotate_and_sum(step 1, count 8)
+        keys.insert(kg.rotation_key(4, top).unwrap());
+        Fixture { ctx, sk, pk, keys }
+    })
+}
+
+/// Deterministic test values in [-1, 1].
+fn values(n: usize, seed: u64) -> Vec<f64> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn encrypt(f: &Fixture, v: &[f64], level: usize, scale: f64) -> Ciphertext {
+    let pt = Plaintext::encode_real(&f.ctx, v, level, scale).unwrap();
+    Encryptor::new(&f.ctx).encrypt_sk(&pt, &f.sk).unwrap()
+}
+
+fn decrypt_real(f: &Fixture, ct: &Ciphertext) -> Vec<f64> {
+    decrypt(&f.ctx, ct, &f.sk)
+        .unwrap()
+        .decode(&f.ctx)
+        .unwrap()
+        .iter()
+        .map(|c| c.re)
+        .collect()
+}
+
+fn max_err(got: &[f64], want: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}
+
+const D25: f64 = 33554432.0; // 2^25
+const D40: f64 = 1099511627776.0; // 2^40
+
+#[test]
+fn encrypt_decrypt_precision_pk_and_sk() {
+    let f = fixture();
+    let slots = f.ctx.params().slots();
+    let v = values(slots, 1);
+    let top = f.ctx.max_level();
+    let pt = Plaintext::encode_real(&f.ctx, &v, top, D40).unwrap();
+    // encoding alone: rounding error only
+    let decoded: Vec<f64> = pt.decode(&f.ctx).unwrap().iter().map(|c| c.re).collect();
+    assert!(
+        max_err(&decoded, &v) < 1e-9,
+        "encode {}",
+        max_err(&decoded, &v)
+    );
+    let sk_ct = Encryptor::new(&f.ctx).encrypt_sk(&pt, &f.sk).unwrap();
+    let e_sk = max_err(&decrypt_real(f, &sk_ct), &v);
+    // fresh error ~ sqrt(N)*3.2*6 / 2^40 < 2^-26
+    assert!(e_sk < 2f64.powi(-26), "sk {e_sk}");
+    let pk_ct = Encryptor::new(&f.ctx).encrypt_pk(&pt, &f.pk).unwrap();
+    let e_pk = max_err(&decrypt_real(f, &pk_ct), &v);
+    // public-key error ~ N*3.2*6 / 2^40 < 2^-20
+    assert!(e_pk < 2f64.powi(-20), "pk {e_pk}");
+}
+
+#[test]
+fn add_sub_neg_constants() {
+    let f = fixture();
+    let ev = Evaluator::new(&f.ctx);
+    let n = f.ctx.params().slots();
+    let (a, b) = (values(n, 2), values(n, 3));
+    let l = f.ctx.max_level();
+    let (ca, cb) = (encrypt(f, &a, l, D40), encrypt(f, &b, l, D40));
+    let tol = 1e-6;
+    let sum: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    assert!(max_err(&decrypt_real(f, &ev.add(&ca, &cb).unwrap()), &sum) < tol);
+    let diff: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+    assert!(max_err(&decrypt_real(f, &ev.sub(&ca, &cb).unwrap()), &diff) < tol);
+    let neg: Vec<f64> = a.iter().map(|x| -x).collect();
+    assert!(max_err(&decrypt_real(f, &ev.neg(&ca).unwrap()), &neg) < tol);
+    let plus_c: Vec<f64> = a.iter().map(|x| x + 0.75).collect();
+    assert!(max_err(&decrypt_real(f, &ev.add_const(&ca, 0.75).unwrap()), &plus_c) < tol);
+    let times3: Vec<f64> = a.iter().map(|x| 3.0 * x).collect();
+    assert!(max_err(&decrypt_real(f, &ev.mul_int(&ca, 3).unwrap()), &times3) < tol);
+    let pb = Plaintext::encode_real(&f.ctx, &b, l, D40).unwrap();
+    assert!(max_err(&decrypt_real(f, &ev.add_plain(&ca, &pb).unwrap()), &sum) < tol);
+    assert!(max_err(&decrypt_real(f, &ev.sub_plain(&ca, &pb).unwrap()), &diff) < tol);
+}
+
+#[test]
+fn multiply_relinearize_rescale_single_level() {
+    let f = fixture();
+    let ev = Evaluator::new(&f.ctx);
+    let n = f.ctx.params().slots();
+    let (a, b) = (values(n, 4), values(n, 5));
+    let l = f.ctx.max_level();
+    let (ca, cb) = (encrypt(f, &a, l, D40), encrypt(f, &b, l, D40));
+    let prod: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
+    let ct = ev.mul_relin(&ca, &cb, &f.keys).unwrap();
+    assert_eq!(ct.degree(), 1);
+    assert!((ct.scale - D40 * D40).abs() < 1.0);
+    assert!(
+        max_err(&decrypt_real(f, &ct), &prod) < 1e-6,
+        "mul {}",
+        max_err(&decrypt_real(f, &ct), &prod)
+    );
+    let r = ev.rescale(&ct).unwrap();
+    assert_eq!(r.level, l - 1);
+    let q_l = f.ctx.params().q()[l] as f64;
+    assert_eq!(r.scale, D40 * D40 / q_l);
+    // scale 2^30 after the rescale: error ~ 4.5 * N/4.24 / 2^30 ~ 2^-16
+    assert!(
+        max_err(&decrypt_real(f, &r), &prod) < 5e-5,
+        "rescale {}",
+        max_err(&decrypt_real(f, &r), &prod)
+    );
+    // degree-2 ciphertext decrypts too (c0 + c1 s + c2 s^2)
+    let raw = ev.mul(&ca, &cb).unwrap();
+    assert!(max_err(&decrypt_real(f, &raw), &prod) < 1e-6);
+    // plaintext multiplication and constants
+    let pb = Plaintext::encode_real(&f.ctx, &b, l, D40).unwrap();
+    assert!(max_err(&decrypt_real(f, &ev.mul_plain(&ca, &pb).unwrap()), &prod) < 1e-6);
+    let scaled: Vec<f64> = a.iter().map(|x| -1.375 * x).collect();
+    let mc = ev
+        .rescale(&ev.mul_const(&ca, -1.375, q_l).unwrap())
+        .unwrap();
+    assert!(
+        (mc.scale / D40 - 1.0).abs() < 1e-12,
+        "const scale chosen as q_l keeps the scale"
+    );
+    assert!(max_err(&decrypt_real(f, &mc), &scaled) < 1e-6);
+}
+
+#[test]
+fn two_levels_per_prime() {
+    // Delta = 2^25 with 50-bit primes: two multiplications (Delta^3), then one rescale by a
+    // prime of about Delta^2 back to about Delta.
+    let f = fixture();
+    let ev = Evaluator::new(&f.ctx);
+    let n = f.ctx.params().slots();
+    let (a, w, b) = (values(n, 6), values(n, 7), values(n, 8));
+    let mut level = f.ctx.max_level();
+    let mut ct = encrypt(f, &a, level, D25);
+    let mut want = a.clone();
+    let mut rounds = 0;
+    while level >= 2 {
+        // x <- (x * w) * x' ... a conv-like plaintext product, then a square-like ct product
+        let pw = Plaintext::encode_real(&f.ctx, &w, level, D25).unwrap();
+        let t = ev.mul_plain(&ct, &pw).unwrap(); // Delta^2
+        let cb = encrypt(f, &b, level, D25);
+        let t = ev.mul_relin(&t, &cb, &f.keys).unwrap(); // Delta^3
+        ct = ev.rescale(&t).unwrap(); // ~Delta
+        level -= 1;
+        for ((x, wi), bi) in want.iter_mut().zip(&w).zip(&b) {
+            *x = *x * wi * bi;
+        }
+        assert!(
+            (ct.scale.log2() - 25.0).abs() < 0.01,
+            "scale 2^{}",
+            ct.scale.log2()
+        );
+        rounds += 1;
+    }
+    let err = max_err(&decrypt_real(f, &ct), &want);
+    // each rescale adds ~N/4/Delta ~ 2^-13; two multiplications per prime
+    assert!(err < 1e-3, "after {rounds} rounds: {err}");
+    assert!(rounds >= 4);
+}
+
+#[test]
+fn rotations_are_cyclic_shifts_and_hoisting_agrees() {
+    let f = fixture();
+    let ev = Evaluator::new(&f.ctx);
+    let n = f.ctx.params().slots();
+    let a = values(n, 9);
+    let ct = encrypt(f, &a, f.ctx.max_level(), D40);
+    let hoisted = ev.rotate_hoisted(&ct, &ROTATIONS, &f.keys).unwrap();
+    for (r, h) in ROTATIONS.iter().zip(&hoisted) {
+        let want: Vec<f64> = (0..n)
+            .map(|i| a[(i as i64 + r).rem_euclid(n as i64) as usize])
+            .collect();
+        let plain = ev.rotate(&ct, *r, &f.keys).unwrap();
+        let (ep, eh) = (
+            max_err(&decrypt_real(f, &plain), &want),
+            max_err(&decrypt_real(f, h), &want),
+        );
+        assert!(ep < 1e-6 && eh < 1e-6, "rotation {r}: {ep} {eh}");
+        // the same computation: identical up to the ModDown rounding
+        assert!(max_err(&decrypt_real(f, &plain), &decrypt_real(f, h)) < 1e-8);
+    }
+}
+
+#[test]
+fn conjugation_and_rotate_and_sum() {
+    let f = fixture();
+    let ev = Evaluator::new(&f.ctx);
+    let n = f.ctx.params().slots();
+    let re = values(n, 10);
+    let im = values(n, 11);
+    let z: Vec<Complex> = re
+        .iter()
+        .zip(&im)
+        .map(|(&a, &b)| Complex::new(a, b))
+        .collect();
+    let l = f.ctx.max_level();
+    let pt = Plaintext::encode(&f.ctx, &z, l, D40).unwrap();
+    let ct = Encryptor::new(&f.ctx).encrypt_sk(&pt, &f.sk).unwrap();
+    let conj = ev.conjugate(&ct, &f.keys).unwrap();
+    let got = decrypt(&f.ctx, &conj, &f.sk)
+        .unwrap()
+        .decode(&f.ctx)
+        .unwrap();
+    for (g, w) in got.iter().zip(&z) {
+        assert!((g.re - w.re).abs() < 1e-6 && (g.im + w.im).abs() < 1e-6);
+    }
+    let ca = encrypt(f, &re, l, D40);
+    let sum = ev.rotate_and_sum(&ca, 1, 8, &f.keys).unwrap();
+    let want: Vec<f64> = (0..n)
+        .map(|i| (0..8).map(|k| re[(i + k) % n]).sum())
+        .collect();
+    assert!(max_err(&decrypt_real(f, &sum), &want) < 1e-5);
+    assert!(matches!(
+        ev.rotate_and_sum(&ca, 1, 6, &f.keys),
+        Err(CkksError::Count(6))
+    ));
+}
+
+#[test]
+fn keys_work_below_their_level_and_are_refused_above() {
+    let f = fixture();
+    let ev = Evaluator::new(&f.ctx);
+    let n = f.ctx.params().slots();
+    let a = values(n, 12);
+    let mut kg = KeyGenerator::new(&f.ctx, &f.sk);
+    let key_level = 2;
+    let mut keys = EvaluationKeys::new();
+    keys.insert(kg.rotation_key(3, key_level).unwrap());
+    keys.insert(kg.relin_key(key_level).unwrap());
+    let want: Vec<f64> = (0..n).map(|i| a[(i + 3) % n]).collect();
+    for level in 0..=key_level {
+        let ct = encrypt(f, &a, level, D25);
+        let r = ev.rotate(&ct, 3, &keys).unwrap();
+        let e = max_err(&decrypt_real(f, &r), &want);
+        assert!(e < 1e-3, "level {level}: {e}");
+    }
+    let sq: Vec<f64> = a.iter().map(|x| x * x).collect();
+    let ct = encrypt(f, &a, 1, D25);
+    assert!(max_err(&decrypt_real(f, &ev.square_relin(&ct, &keys).unwrap()), &sq) < 1e-3);
+    let high = encrypt(f, &a, key_level + 1, D25);
+    assert!(matches!(
+        ev.rotate(&high, 3, &keys),
+        Err(CkksError::KeyLevel {
+            key_level: 2,
+            level: 3
+        })
+    ));
+    assert!(matches!(
+        ev.square_relin(&high, &keys),
+        Err(CkksError::KeyLevel { .. })
+    ));
+    // a key made at level 2 is smaller than one at the top
+    let top = kg.rotation_key(3, f.ctx.max_level()).unwrap();
+    assert!(keys.iter().next().unwrap().memory_bytes() < top.memory_bytes());
+}
+
+#[test]
+fn operand_errors_are_errors() {
+    let f = fixture();
+    let ev = Evaluator::new(&f.ctx);
+    let n = f.ctx.params().slots();
+    let a = values(n, 13);
+    let l = f.ctx.max_level();
+    let x = encrypt(f, &a, l, D40);
+    let y = encrypt(f, &a, l - 1, D40);
+    assert!(matches!(ev.add(&x, &y), Err(CkksError::LevelMismatch(..))));
+    let z = encrypt(f, &a, l, D25);
+    assert!(matches!(ev.add(&x, &z), Err(CkksError::ScaleMismatch(..))));
+    assert!(matches!(
+        ev.rotate(&x, 7, &f.keys),
+        Err(CkksError::MissingGaloisKey(_))
+    ));
+    let bottom = encrypt(f, &a, 0, D25);
+    assert!(matches!(
+        ev.rescale(&bottom),
+        Err(CkksError::RescaleAtLevelZero)
+    ));
+    // Delta^2 = 2^80 does not fit below q0 (60 bits)
+    assert!(matches!(
+        ev.mul(&encrypt(f, &a, 0, D40), &encrypt(f, &a, 0, D40)),
+        Err(CkksError::ScaleOverflow { .. })
+    ));
+    assert!(matches!(
+        ev.mul_const(&x, f64::NAN, 1.0),
+        Err(CkksError::NotFinite(_))
+    ));
+    assert!(matches!(
+        Plaintext::encode_real(&f.ctx, &vec![0.0; n + 1], l, D40),
+        Err(CkksError::TooManyValues { .. })
+    ));
+    assert!(matches!(
+        Plaintext::encode_real(&f.ctx, &[1.0], l + 1, D40),
+        Err(CkksError::Level { .. })
+    ));
+    // objects of another parameter set
+    let other = Context::named("N12_TINY").unwrap();
+    let ev2 = Evaluator::new(&other);
+    assert!(matches!(ev2.add(&x, &x), Err(CkksError::ParamsMismatch)));
+    assert!(matches!(
+        decrypt(&other, &x, &f.sk),
+        Err(CkksError::ParamsMismatch)
+    ));
+    let mut no_relin = EvaluationKeys::new();
+    no_relin.insert(KeyGenerator::new(&f.ctx, &f.sk).rotation_key(1, l).unwrap());
+    assert!(matches!(
+        ev.mul_relin(&x, &x, &no_relin),
+        Err(CkksError::MissingRelinKey)
+    ));
+}
+
+#[test]
+fn secret_key_is_ternary() {
+    let f = fixture();
+    let h = f.sk.hamming_weight();
+    let n = f.ctx.n();
+    // uniform ternary: about 2N/3 non-zero
+    assert!(
+        (h as f64 - 2.0 * n as f64 / 3.0).abs() < 0.03 * n as f64,
+        "{h}"
+    );
+}
