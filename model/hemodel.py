@@ -36,7 +36,8 @@ class QuadAct(nn.Module):
             m = x.detach().abs().max()
             self.max_abs = m if self.max_abs is None else torch.maximum(self.max_abs, m)
         if self.training:
-            self.penalty = F.relu(x.abs() - self.clip).pow(2).mean()
+            # squared excess per sample, summed over the tensor (PAPER's weight 1e-3 is for a sum)
+            self.penalty = F.relu(x.abs() - self.clip).pow(2).flatten(1).sum(1).mean()
             x = x.clamp(-self.clip, self.clip)
         return (self.a * x + self.b) * x + self.c
 

@@ -20,6 +20,7 @@ pub mod params;
 pub mod plaintext;
 pub mod rns;
 pub mod sampler;
+pub mod wire;
 
 pub use ciphertext::Ciphertext;
 pub use context::Context;

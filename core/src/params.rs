@@ -64,7 +64,7 @@ impl ParamSpec {
         };
         Ok(match name {
             // Smallest secure ring: wire-format and property tests (no meaningful depth).
-            "N12_TINY" => spec(12, vec![40, 30], vec![38], 2, 25),
+            "N12_TINY" => spec(12, vec![36, 30], vec![42], 2, 25),
             // Fast functional tests: 5 primes of 50 bits carry 10 levels at Delta = 2^25 (two
             // levels per prime) or 5 at 2^50; dnum 3 exercises multi-digit key switching.
             "N14_TEST" => spec(14, chain(60, 50, 5), vec![61, 61], 3, 25),

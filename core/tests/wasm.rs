@@ -1,0 +1,38 @@
+//! Runs on wasm32 only (`cargo test --target wasm32-unknown-unknown --test wasm`, with
+//! wasm-bindgen-test-runner in node): the browser build must expand seeds exactly as the native
+//! build does, and encrypt/decrypt correctly with the OS randomness of the browser.
+#![cfg(target_arch = "wasm32")]
+
+use blindsight_core::*;
+use wasm_bindgen_test::*;
+
+#[wasm_bindgen_test]
+fn seed_expansion_matches_native_vector() {
+    let ctx = Context::named("N12_TINY").unwrap();
+    let hex: String = wire::seed_expansion_digest(&ctx)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    assert_eq!(hex, include_str!("seed_vector.txt").trim());
+}
+
+#[wasm_bindgen_test]
+fn encrypt_rotate_decrypt() {
+    let ctx = Context::named("N12_TINY").unwrap();
+    let sk = SecretKey::generate(&ctx);
+    let mut kg = KeyGenerator::new(&ctx, &sk);
+    let mut keys = EvaluationKeys::new();
+    keys.insert(kg.rotation_key(1, ctx.max_level()).unwrap());
+    let v: Vec<f64> = (0..ctx.params().slots())
+        .map(|i| (i % 17) as f64 / 17.0)
+        .collect();
+    let pt = Plaintext::encode_real(&ctx, &v, ctx.max_level(), 2f64.powi(25)).unwrap();
+    let ct = Encryptor::new(&ctx).encrypt_sk(&pt, &sk).unwrap();
+    let bytes = ct.to_bytes(&ctx);
+    let ct = Ciphertext::from_bytes(&ctx, &bytes, 1 << 20).unwrap();
+    let r = Evaluator::new(&ctx).rotate(&ct, 1, &keys).unwrap();
+    let got = decrypt(&ctx, &r, &sk).unwrap().decode(&ctx).unwrap();
+    for i in 0..v.len() {
+        assert!((got[i].re - v[(i + 1) % v.len()]).abs() < 1e-2, "slot {i}");
+    }
+}
