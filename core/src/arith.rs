@@ -182,13 +182,13 @@ pub fn is_prime(n: u64) -> bool {
         return false;
     }
     for p in [2u64, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
-        if n % p == 0 {
+        if n.is_multiple_of(p) {
             return n == p;
         }
     }
     let mut d = n - 1;
     let mut s = 0;
-    while d % 2 == 0 {
+    while d.is_multiple_of(2) {
         d /= 2;
         s += 1;
     }
@@ -293,7 +293,7 @@ mod tests {
     fn ntt_primes_are_ntt_friendly() {
         let ps = ntt_primes(50, 1 << 17, 5, &[]).unwrap();
         for &p in &ps {
-            assert!(is_prime(p) && p % (1 << 17) == 1 && p < 1 << 50 && p >= 1 << 49);
+            assert!(is_prime(p) && p % (1 << 17) == 1 && (1 << 49..1 << 50).contains(&p));
         }
         let mut sorted = ps.clone();
         sorted.dedup();

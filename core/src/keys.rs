@@ -227,7 +227,7 @@ impl<'a> KeyGenerator<'a> {
     pub fn galois_key(&mut self, g: u64, level: usize) -> Result<SwitchingKey, CkksError> {
         self.check_level(level)?;
         let two_n = 2 * self.ctx.n() as u64;
-        if g % 2 == 0 || g >= two_n {
+        if g.is_multiple_of(2) || g >= two_n {
             return Err(CkksError::MissingGaloisKey(g));
         }
         let basis = self.ctx.level(level).qp.clone();

@@ -28,22 +28,26 @@ impl Decomposition {
         let mut coeff = c.clone();
         lc.q.inverse(&mut coeff);
         let nq = level + 1;
+        let n = ctx.n();
         let digits = par::map_range(lc.mod_up.len(), |j| {
             let dc = &lc.mod_up[j];
             let r = dc.range.clone();
-            let mut ext = dc.conv.convert(&coeff.slice_limbs(r.clone()));
-            dc.conv.to().forward(&mut ext);
-            // Assemble Q_l ++ P in order: the digit's own limbs are c itself (exact, already NTT).
-            let mut out = RnsPoly::zero(ctx.n(), nq + ctx.p_basis().len());
-            let mut src = 0;
-            for i in 0..out.num_limbs() {
+            let mut out = RnsPoly::zero(n, nq + ctx.p_basis().len());
+            // The digit's own limbs are c itself (exact, already NTT); the others are converted
+            // in place and transformed while in cache.
+            let mut others = Vec::with_capacity(out.num_limbs() - r.len());
+            for (i, limb) in out.data_mut().chunks_mut(n).enumerate() {
                 if r.contains(&i) {
-                    out.limb_mut(i).copy_from_slice(c.limb(i));
+                    limb.copy_from_slice(c.limb(i));
                 } else {
-                    out.limb_mut(i).copy_from_slice(ext.limb(src));
-                    src += 1;
+                    others.push(limb);
                 }
             }
+            let to = dc.conv.to();
+            dc.conv
+                .convert_into(&coeff.slice_limbs(r), false, others, |t, row| {
+                    to.ntt(t).forward(row)
+                });
             out
         });
         Self { level, digits }
@@ -66,34 +70,31 @@ impl Decomposition {
         let key_nq = key.level + 1;
         // limb i of Q_l ++ P -> limb of the key's Q_k ++ P
         let key_limb = |i: usize| if i < nq { i } else { key_nq + (i - nq) };
-        let mut out = RnsPoly::zero(n, 2 * basis.len());
-        par::for_each_limb(out.data_mut(), n, |idx, limb| {
-            let (half, i) = (idx / basis.len(), idx % basis.len());
-            let m = basis.modulus(i);
-            let keys = if half == 0 { &key.b } else { &key.a };
-            let mut acc = vec![0u128; n];
-            for (d, k) in self.digits.iter().zip(keys) {
-                let d = d.limb(i);
-                let k = k.limb(key_limb(i));
-                match perm {
-                    None => {
-                        for ((a, &x), &y) in acc.iter_mut().zip(d).zip(k) {
-                            *a += x as u128 * y as u128;
-                        }
-                    }
+        let mut b = basis.zero();
+        let mut a = basis.zero();
+        par::for_each_limb_pair(b.data_mut(), a.data_mut(), n, |i, out_b, out_a| {
+            let ntt = basis.ntt(i);
+            let ki = key_limb(i);
+            let mut gathered = if perm.is_some() {
+                vec![0u64; n]
+            } else {
+                Vec::new()
+            };
+            for (j, d) in self.digits.iter().enumerate() {
+                let d = match perm {
+                    None => d.limb(i),
                     Some(p) => {
-                        for ((a, &j), &y) in acc.iter_mut().zip(p).zip(k) {
-                            *a += d[j as usize] as u128 * y as u128;
+                        let src = d.limb(i);
+                        for (g, &idx) in gathered.iter_mut().zip(p) {
+                            *g = src[idx as usize];
                         }
+                        &gathered
                     }
-                }
-            }
-            for (o, &a) in limb.iter_mut().zip(&acc) {
-                *o = m.reduce_u128(a);
+                };
+                ntt.mul_accumulate(out_b, d, key.b[j].limb(ki));
+                ntt.mul_accumulate(out_a, d, key.a[j].limb(ki));
             }
         });
-        let b = out.slice_limbs(0..basis.len());
-        let a = out.slice_limbs(basis.len()..2 * basis.len());
         (b, a)
     }
 }

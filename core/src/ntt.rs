@@ -13,6 +13,9 @@ pub trait NttBackend: Send + Sync {
     fn inverse(&self, a: &mut [u64]);
     /// Inverse without the 1/N factor, for callers that fold it into a later constant.
     fn inverse_unnormalized(&self, a: &mut [u64]);
+    /// `acc = acc + a * b` pointwise modulo the prime (inputs reduced): the gadget inner product
+    /// of key switching, where the backend's vectorized modular product pays off.
+    fn mul_accumulate(&self, acc: &mut [u64], a: &[u64], b: &[u64]);
 }
 
 /// `tfhe-ntt`'s prime-modulus plan (AVX-512 IFMA for primes below 2^50, AVX-512/AVX2 otherwise).
@@ -42,6 +45,11 @@ impl NttBackend for TfheNtt {
     #[inline]
     fn inverse_unnormalized(&self, a: &mut [u64]) {
         self.plan.inv(a);
+    }
+
+    #[inline]
+    fn mul_accumulate(&self, acc: &mut [u64], a: &[u64], b: &[u64]) {
+        self.plan.mul_accumulate(acc, a, b);
     }
 }
 
@@ -123,6 +131,27 @@ mod tests {
             assert_eq!(prod, want);
             ntt.inverse(&mut fa);
             assert_eq!(fa, a);
+        }
+    }
+
+    #[test]
+    fn mul_accumulate_is_fully_reduced() {
+        let n = 256;
+        for bits in [40, 50, 60] {
+            let q = ntt_primes(bits, 2 * n as u64, 1, &[]).unwrap()[0];
+            let m = Modulus::new(q);
+            let ntt = TfheNtt::new(n, q).unwrap();
+            let a: Vec<u64> = (0..n as u64).map(|i| q - 1 - i * 3).collect();
+            let b: Vec<u64> = (0..n as u64).map(|i| q - 2 - i * 5).collect();
+            let mut acc: Vec<u64> = (0..n as u64).map(|i| q - 1 - i).collect();
+            let want: Vec<u64> = acc
+                .iter()
+                .zip(&a)
+                .zip(&b)
+                .map(|((&c, &x), &y)| m.add(c, m.mul(x, y)))
+                .collect();
+            ntt.mul_accumulate(&mut acc, &a, &b);
+            assert_eq!(acc, want, "bits {bits}");
         }
     }
 

@@ -55,3 +55,22 @@ pub fn join<A: Send, B: Send>(
     #[cfg(target_arch = "wasm32")]
     return (fa(), fb());
 }
+
+/// Calls `f(limb_index, limb_of_a, limb_of_b)` for every pair of `n`-sized limbs of two buffers
+/// of the same length.
+#[inline]
+pub fn for_each_limb_pair<F>(a: &mut [u64], b: &mut [u64], n: usize, f: F)
+where
+    F: Fn(usize, &mut [u64], &mut [u64]) + Sync + Send,
+{
+    #[cfg(not(target_arch = "wasm32"))]
+    a.par_chunks_mut(n)
+        .zip(b.par_chunks_mut(n))
+        .enumerate()
+        .for_each(|(i, (x, y))| f(i, x, y));
+    #[cfg(target_arch = "wasm32")]
+    a.chunks_mut(n)
+        .zip(b.chunks_mut(n))
+        .enumerate()
+        .for_each(|(i, (x, y))| f(i, x, y));
+}

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::arith::Modulus;
+use crate::kernels;
 use crate::ntt::{NttBackend, TfheNtt};
 use crate::par;
 
@@ -344,7 +345,7 @@ impl RnsPoly {
 
     /// Wraps limb-major data (`data.len()` must be a multiple of `n`).
     pub fn from_data(n: usize, data: Vec<u64>) -> Self {
-        assert!(n > 0 && data.len() % n == 0);
+        assert!(n > 0 && data.len().is_multiple_of(n));
         Self { n, data }
     }
 
@@ -412,14 +413,22 @@ pub struct BasisConverter {
     to: RnsBasis,
     /// `(B/b_i)^-1 mod b_i` and its Shoup constant.
     inv_punctured: Vec<(u64, u64)>,
-    /// `(B/b_i) mod t_j`, row j.
-    punctured_mod_to: Vec<Vec<u64>>,
-    /// Terms that can be summed in a u128 before a reduction is needed.
-    terms_per_reduction: usize,
-    /// `1 / b_i` and `B mod t_j`, for the exact conversion.
+    /// `1 / b_i`, for the overflow count of the exact conversion.
     inv_from_f64: Vec<f64>,
-    b_mod_to: Vec<u64>,
+    /// Which sources enter split in two (too wide for 52-bit products).
+    split: Vec<bool>,
+    /// Per target row: the constants of every (split) source term, their 52-bit Shoup
+    /// constants, and whether the IFMA kernel may run the row.
+    row_consts: Vec<Vec<u64>>,
+    shoup52: Vec<Vec<u64>>,
+    /// The same with the overflow term of the exact conversion appended.
+    row_consts_exact: Vec<Vec<u64>>,
+    shoup52_exact: Vec<Vec<u64>>,
+    row_ifma: Vec<bool>,
 }
+
+/// Low bits of a split source term.
+const SPLIT_BITS: u32 = 26;
 
 impl BasisConverter {
     pub fn new(from: &RnsBasis, to: &RnsBasis) -> Self {
@@ -436,7 +445,8 @@ impl BasisConverter {
                 (inv, m.shoup(inv))
             })
             .collect();
-        let punctured_mod_to = to
+        // (B/b_i) mod t_j, row j
+        let punctured_mod_to: Vec<Vec<u64>> = to
             .moduli()
             .iter()
             .map(|t| {
@@ -453,29 +463,88 @@ impl BasisConverter {
                     .collect()
             })
             .collect();
-        let max_from = from.moduli().iter().map(|m| m.value()).max().unwrap_or(1) as u128;
-        let max_to = to.moduli().iter().map(|m| m.value()).max().unwrap_or(1) as u128;
-        let terms_per_reduction = ((u128::MAX / (max_from * max_to)) as usize).clamp(1, 1 << 20);
+        // Sources wider than the IFMA kernel takes enter as two terms, y mod 2^26 and y >> 26,
+        // with constants c and c * 2^26 mod t.
+        let split: Vec<bool> = from
+            .moduli()
+            .iter()
+            .map(|m| m.value() >= kernels::IFMA_MAX_SOURCE)
+            .collect();
+        let row_consts: Vec<Vec<u64>> = to
+            .moduli()
+            .iter()
+            .zip(&punctured_mod_to)
+            .map(|(t, row): (&Modulus, &Vec<u64>)| {
+                let two26 = t.reduce(1 << SPLIT_BITS);
+                row.iter()
+                    .zip(&split)
+                    .flat_map(|(&c, &sp)| {
+                        if sp {
+                            vec![c, t.mul(c, two26)]
+                        } else {
+                            vec![c]
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let row_ifma = to
+            .moduli()
+            .iter()
+            .map(|t| kernels::has_ifma() && t.value() < kernels::IFMA_MAX_TARGET)
+            .collect();
+        let shoup52 = to
+            .moduli()
+            .iter()
+            .zip(&row_consts)
+            .map(|(t, row): (&Modulus, &Vec<u64>)| {
+                row.iter()
+                    .map(|&c| (((c as u128) << 52) / t.value() as u128) as u64)
+                    .collect()
+            })
+            .collect();
+        // Exact conversion: one more term per row, the overflow count times -B mod t.
+        let row_consts_exact: Vec<Vec<u64>> = to
+            .moduli()
+            .iter()
+            .zip(&row_consts)
+            .map(|(t, row): (&Modulus, &Vec<u64>)| {
+                let b = from
+                    .moduli()
+                    .iter()
+                    .fold(1u64, |acc, m| t.mul(acc, t.reduce(m.value())));
+                let mut r = row.clone();
+                r.push(t.neg(b));
+                r
+            })
+            .collect();
+        let shoup_of = |rows: &Vec<Vec<u64>>| -> Vec<Vec<u64>> {
+            to.moduli()
+                .iter()
+                .zip(rows)
+                .map(|(t, row)| {
+                    row.iter()
+                        .map(|&c| (((c as u128) << 52) / t.value() as u128) as u64)
+                        .collect()
+                })
+                .collect()
+        };
+        let shoup52_exact = shoup_of(&row_consts_exact);
         Self {
+            split,
+            row_consts,
+            row_consts_exact,
+            shoup52_exact,
+            shoup52,
+            row_ifma,
             inv_from_f64: from
                 .moduli()
                 .iter()
                 .map(|m| 1.0 / m.value() as f64)
                 .collect(),
-            b_mod_to: to
-                .moduli()
-                .iter()
-                .map(|t| {
-                    from.moduli()
-                        .iter()
-                        .fold(1u64, |acc, m| t.mul(acc, t.reduce(m.value())))
-                })
-                .collect(),
             from: from.clone(),
             to: to.clone(),
             inv_punctured,
-            punctured_mod_to,
-            terms_per_reduction,
         }
     }
 
@@ -490,7 +559,10 @@ impl BasisConverter {
     /// `input` over B in coefficient form; returns the conversion over T in coefficient form
     /// (approximate: `x + u*B` with `0 <= u < |B|`).
     pub fn convert(&self, input: &RnsPoly) -> RnsPoly {
-        self.convert_inner(input, false)
+        let mut out = self.to.zero();
+        let n = self.to.n();
+        self.convert_into(input, false, out.data.chunks_mut(n).collect(), |_, _| {});
+        out
     }
 
     /// Exact conversion of `x in [0, B)`: the overflow count `u = floor(sum_i y_i / b_i)` is
@@ -499,12 +571,22 @@ impl BasisConverter {
     /// decryption multiplies by the secret key into structured error of order N*|B|: at a 2^25
     /// scale that costs several bits.
     pub fn convert_exact(&self, input: &RnsPoly) -> RnsPoly {
-        self.convert_inner(input, true)
+        let mut out = self.to.zero();
+        let n = self.to.n();
+        self.convert_into(input, true, out.data.chunks_mut(n).collect(), |_, _| {});
+        out
     }
 
-    fn convert_inner(&self, input: &RnsPoly, exact: bool) -> RnsPoly {
+    /// Writes target row j into `outs[j]` (coefficient form) and then calls `post(j, row)` on it
+    /// while it is still in cache (callers put the NTT or the ModDown combine there). Writing in
+    /// place spares the intermediate polynomials of the key-switching hot path.
+    pub fn convert_into<F>(&self, input: &RnsPoly, exact: bool, mut outs: Vec<&mut [u64]>, post: F)
+    where
+        F: Fn(usize, &mut [u64]) + Sync + Send,
+    {
         let n = self.from.n();
         assert_eq!(input.num_limbs(), self.from.len());
+        assert_eq!(outs.len(), self.to.len());
         let mut y = input.clone();
         par::for_each_limb(&mut y.data, n, |i, limb| {
             let m = self.from.modulus(i);
@@ -513,52 +595,55 @@ impl BasisConverter {
                 *x = m.mul_shoup(*x, w, ws);
             }
         });
+        // The exact conversion's overflow count enters as one more term, with constant -B mod t.
         let overflow: Vec<u64> = if exact {
-            (0..n)
-                .map(|k| {
-                    let v: f64 = (0..self.from.len())
-                        .map(|i| y.limb(i)[k] as f64 * self.inv_from_f64[i])
-                        .sum();
-                    v.floor() as u64
-                })
-                .collect()
+            let mut v = vec![0f64; n];
+            for i in 0..self.from.len() {
+                let inv = self.inv_from_f64[i];
+                for (acc, &x) in v.iter_mut().zip(y.limb(i)) {
+                    *acc += x as f64 * inv;
+                }
+            }
+            v.iter().map(|x| x.floor() as u64).collect()
         } else {
             Vec::new()
         };
-        let mut out = self.to.zero();
-        const BLOCK: usize = 256;
-        par::for_each_limb(&mut out.data, n, |j, limb| {
-            let t = self.to.modulus(j);
-            let coeffs = &self.punctured_mod_to[j];
-            let mut acc = [0u128; BLOCK];
-            for start in (0..n).step_by(BLOCK) {
-                let len = BLOCK.min(n - start);
-                let acc = &mut acc[..len];
-                acc.fill(0);
-                for (i, &c) in coeffs.iter().enumerate() {
-                    let src = &y.limb(i)[start..start + len];
-                    for (a, &v) in acc.iter_mut().zip(src) {
-                        *a += v as u128 * c as u128;
-                    }
-                    if (i + 1) % self.terms_per_reduction == 0 {
-                        for a in acc.iter_mut() {
-                            *a = t.reduce_u128(*a) as u128;
-                        }
-                    }
-                }
-                let out = &mut limb[start..start + len];
-                for (o, &a) in out.iter_mut().zip(acc.iter()) {
-                    *o = t.reduce_u128(a);
-                }
-                if exact {
-                    let bm = self.b_mod_to[j];
-                    for (o, &u) in out.iter_mut().zip(&overflow[start..start + len]) {
-                        *o = t.sub(*o, t.mul(u, bm));
-                    }
-                }
+        let highs: Vec<Vec<u64>> = (0..self.from.len())
+            .filter(|&i| self.split[i])
+            .map(|i| {
+                let limb = y.limb_mut(i);
+                let hi = limb.iter().map(|&v| v >> SPLIT_BITS).collect();
+                limb.iter_mut().for_each(|v| *v &= (1 << SPLIT_BITS) - 1);
+                hi
+            })
+            .collect();
+        let mut src: Vec<&[u64]> =
+            Vec::with_capacity(self.row_consts.first().map_or(0, Vec::len) + 1);
+        let mut next_high = highs.iter();
+        for i in 0..self.from.len() {
+            src.push(y.limb(i));
+            if self.split[i] {
+                src.push(next_high.next().expect("one high part per split source"));
             }
+        }
+        if exact {
+            src.push(&overflow);
+        }
+        let consts = if exact {
+            &self.row_consts_exact
+        } else {
+            &self.row_consts
+        };
+        let shoup = if exact {
+            &self.shoup52_exact
+        } else {
+            &self.shoup52
+        };
+        par::for_each_mut(&mut outs, |j, limb| {
+            let t = self.to.modulus(j);
+            kernels::conversion_row(&src, &consts[j], &shoup[j], t, self.row_ifma[j], limb);
+            post(j, limb);
         });
-        out
     }
 }
 
@@ -612,30 +697,29 @@ impl ModDown {
         let q = self.conv.to();
         let p = self.conv.from();
         let nq = q.len();
+        let n = q.n();
         let mut xp = x.slice_limbs(nq..nq + p.len());
         p.inverse(&mut xp);
-        par::for_each_limb(xp.data_mut(), p.n(), |j, limb| {
+        par::for_each_limb(xp.data_mut(), n, |j, limb| {
             let m = p.modulus(j);
             for v in limb.iter_mut() {
                 *v = m.add(*v, self.half_p[j]);
             }
         });
-        let mut t = self.conv.convert_exact(&xp);
-        par::for_each_limb(t.data_mut(), q.n(), |i, limb| {
-            let m = q.modulus(i);
-            for v in limb.iter_mut() {
-                *v = m.sub(*v, self.half_q[i]);
-            }
-            q.ntt(i).forward(limb);
-        });
-        let mut out = x.slice_limbs(0..nq);
-        par::for_each_limb(&mut out.data, q.n(), |i, limb| {
-            let m = q.modulus(i);
-            let (w, ws) = self.p_inv[i];
-            for (o, &c) in limb.iter_mut().zip(t.limb(i)) {
-                *o = m.mul_shoup(m.sub(*o, c), w, ws);
-            }
-        });
+        let mut out = q.zero();
+        // row i: t = [x + h]_P - h in coefficient form, then NTT, then (x_i - t) / P
+        self.conv
+            .convert_into(&xp, true, out.data.chunks_mut(n).collect(), |i, row| {
+                let m = q.modulus(i);
+                for v in row.iter_mut() {
+                    *v = m.sub(*v, self.half_q[i]);
+                }
+                q.ntt(i).forward(row);
+                let (w, ws) = self.p_inv[i];
+                for (o, &xi) in row.iter_mut().zip(x.limb(i)) {
+                    *o = m.mul_shoup(m.sub(xi, *o), w, ws);
+                }
+            });
         out
     }
 }
@@ -679,8 +763,8 @@ mod tests {
                 .moduli()
                 .iter()
                 .fold(1, |a, m| t.mul(a, t.reduce(m.value())));
-            for k in 0..n {
-                let diff = t.sub(y.limb(j)[k], t.from_i64(coeffs[k]));
+            for (k, (&yk, &c)) in y.limb(j).iter().zip(&coeffs).enumerate() {
+                let diff = t.sub(yk, t.from_i64(c));
                 assert!((0..4).any(|u| t.mul(u, b_mod_t) == diff), "coefficient {k}");
             }
         }

@@ -1,0 +1,65 @@
+//! Times the pieces of key switching separately (development aid; the criterion benches and
+//! peers_bench are the recorded measurements).
+use std::time::Instant;
+
+use blindsight_core::keyswitch::{mod_down, Decomposition};
+use blindsight_core::*;
+
+fn time<T>(label: &str, iters: usize, mut f: impl FnMut() -> T) {
+    let t = Instant::now();
+    for _ in 0..iters {
+        std::hint::black_box(f());
+    }
+    eprintln!(
+        "{label:>28}: {:8.2} ms",
+        t.elapsed().as_secs_f64() * 1e3 / iters as f64
+    );
+}
+
+fn main() {
+    let name = std::env::args().nth(1).unwrap_or_else(|| "N16_D20".into());
+    let iters: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    blindsight_core::memory::keep_freed_memory();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global()
+        .unwrap();
+    let ctx = Context::named(&name).unwrap();
+    let sk = SecretKey::generate(&ctx);
+    let mut kg = KeyGenerator::new(&ctx, &sk);
+    let mut keys = EvaluationKeys::new();
+    keys.insert(kg.rotation_key(1, ctx.max_level()).unwrap());
+    let top = ctx.max_level();
+    let pt = Plaintext::encode_real(&ctx, &[0.5; 100], top, ctx.params().default_scale()).unwrap();
+    let ct = Encryptor::new(&ctx).encrypt_sk(&pt, &sk).unwrap();
+    let ev = Evaluator::new(&ctx);
+    let lc = ctx.level(top);
+    let mut limb = ct.c[0].limb(0).to_vec();
+    time("NTT forward (1 limb)", 200, || {
+        lc.q.ntt(0).forward(&mut limb)
+    });
+    time("NTT inverse (1 limb)", 200, || {
+        lc.q.ntt(0).inverse(&mut limb)
+    });
+    let mut coeff = ct.c[1].clone();
+    lc.q.inverse(&mut coeff);
+    let d0 = &lc.mod_up[0];
+    let part = coeff.slice_limbs(d0.range.clone());
+    time("ModUp convert (1 digit)", iters, || d0.conv.convert(&part));
+    time("decomposition", iters, || {
+        Decomposition::new(&ctx, top, &ct.c[1])
+    });
+    let dec = Decomposition::new(&ctx, top, &ct.c[1]);
+    let key = keys.galois(ctx.galois_element(1)).unwrap();
+    let perm = ctx.permutation(ctx.galois_element(1));
+    time("inner product (perm)", iters, || {
+        dec.inner_product(&ctx, key, Some(&perm))
+    });
+    let (b, _a) = dec.inner_product(&ctx, key, Some(&perm));
+    time("ModDown (1 poly)", iters, || mod_down(&ctx, top, &b));
+    time("rotate", iters, || ev.rotate(&ct, 1, &keys).unwrap());
+    time("rescale", iters, || ev.rescale(&ct).unwrap());
+}

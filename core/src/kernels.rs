@@ -1,0 +1,166 @@
+//! Inner loops of the RNS layer, vectorized where the CPU allows (AVX-512 IFMA: 52-bit
+//! multiply-add on 8 lanes) with portable scalar versions beside them (wasm32, other CPUs, and
+//! primes too wide for 52-bit arithmetic). Results are identical either way: tests compare them.
+
+use crate::arith::Modulus;
+
+/// Widest target prime the IFMA row kernel accepts (residues in [0, 2t) must fit in 52 bits).
+pub const IFMA_MAX_TARGET: u64 = 1 << 50;
+/// Widest source residue the IFMA kernels accept.
+pub const IFMA_MAX_SOURCE: u64 = 1 << 52;
+
+/// Whether this CPU runs the IFMA kernels (checked once).
+pub fn has_ifma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512ifma")
+                && is_x86_feature_detected!("avx512dq")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// One output row of a basis conversion: `out[k] = sum_i src[i][k] * c[i] mod t`.
+/// `c_shoup52[i] = floor(c[i] * 2^52 / t)` is used by the IFMA path.
+pub fn conversion_row(
+    src: &[&[u64]],
+    c: &[u64],
+    c_shoup52: &[u64],
+    t: &Modulus,
+    ifma: bool,
+    out: &mut [u64],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if ifma && src.len() <= 32 {
+        // SAFETY: `ifma` is only true when `has_ifma()` held and every source residue and the
+        // target are within the bounds above (checked by the caller at construction).
+        unsafe { conversion_row_ifma(src, c, c_shoup52, t.value(), out) };
+        return;
+    }
+    let _ = (c_shoup52, ifma);
+    conversion_row_scalar(src, c, t, out);
+}
+
+/// Portable version: u128 accumulation in registers, one Barrett reduction per output (with
+/// intermediate reductions when many wide terms could overflow).
+pub fn conversion_row_scalar(src: &[&[u64]], c: &[u64], t: &Modulus, out: &mut [u64]) {
+    let max_src = src
+        .iter()
+        .flat_map(|s| s.iter().max())
+        .max()
+        .copied()
+        .unwrap_or(0) as u128
+        + 1;
+    let per = (u128::MAX / (max_src * t.value() as u128)).max(1) as usize;
+    for (k, o) in out.iter_mut().enumerate() {
+        let mut acc: u128 = 0;
+        for (i, (s, &ci)) in src.iter().zip(c).enumerate() {
+            acc += s[k] as u128 * ci as u128;
+            if (i + 1) % per == 0 {
+                acc = t.reduce_u128(acc) as u128;
+            }
+        }
+        *o = t.reduce_u128(acc);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512ifma,avx512dq")]
+unsafe fn conversion_row_ifma(
+    src: &[&[u64]],
+    c: &[u64],
+    c_shoup52: &[u64],
+    t: u64,
+    out: &mut [u64],
+) {
+    use std::arch::x86_64::*;
+    let n = out.len();
+    let mask52 = _mm512_set1_epi64(((1u64 << 52) - 1) as i64);
+    let tv = _mm512_set1_epi64(t as i64);
+    let inv_t = _mm512_set1_pd(1.0 / t as f64);
+    let zero = _mm512_setzero_si512();
+    let cs: Vec<(__m512i, __m512i)> = c
+        .iter()
+        .zip(c_shoup52)
+        .map(|(&a, &b)| (_mm512_set1_epi64(a as i64), _mm512_set1_epi64(b as i64)))
+        .collect();
+    let mut k = 0;
+    while k + 8 <= n {
+        let mut acc = zero;
+        for (s, &(cv, csv)) in src.iter().zip(&cs) {
+            let y = _mm512_loadu_si512(s.as_ptr().add(k) as *const _);
+            // Shoup at 52 bits: q ~ floor(y*c/t), r = y*c - q*t in [0, 2t), computed mod 2^52
+            let q = _mm512_madd52hi_epu64(zero, y, csv);
+            let lo = _mm512_madd52lo_epu64(zero, y, cv);
+            let qt = _mm512_madd52lo_epu64(zero, q, tv);
+            let r = _mm512_and_si512(_mm512_sub_epi64(lo, qt), mask52);
+            acc = _mm512_add_epi64(acc, r);
+        }
+        // acc < 32 * 2t < 2^57: the quotient from f64 is off by at most one either way
+        let qf = _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_pd(_mm512_cvtepu64_pd(acc), inv_t),
+        );
+        let q = _mm512_cvttpd_epu64(qf);
+        let mut r = _mm512_sub_epi64(acc, _mm512_mullo_epi64(q, tv));
+        // r in (-t, 2t) as signed: fix both ways
+        let neg = _mm512_cmplt_epi64_mask(r, zero);
+        r = _mm512_mask_add_epi64(r, neg, r, tv);
+        let ge = _mm512_cmpge_epu64_mask(r, tv);
+        r = _mm512_mask_sub_epi64(r, ge, r, tv);
+        _mm512_storeu_si512(out.as_mut_ptr().add(k) as *mut _, r);
+        k += 8;
+    }
+    if k < n {
+        let tail: Vec<&[u64]> = src.iter().map(|s| &s[k..]).collect();
+        conversion_row_scalar(&tail, c, &Modulus::new(t), &mut out[k..]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arith::ntt_primes;
+
+    #[test]
+    fn ifma_row_matches_scalar() {
+        let n = 1000; // not a multiple of 8: exercises the tail
+        let srcs = ntt_primes(50, 1 << 12, 7, &[]).unwrap();
+        let t = Modulus::new(ntt_primes(40, 1 << 12, 1, &[]).unwrap()[0]);
+        let data: Vec<Vec<u64>> = srcs
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| {
+                (0..n as u64)
+                    .map(|k| (k * 2654435761 + i as u64 * 97 + (q - 1) * (k % 3) / 2) % q)
+                    .collect()
+            })
+            .collect();
+        let src: Vec<&[u64]> = data.iter().map(|v| v.as_slice()).collect();
+        let c: Vec<u64> = (0..7)
+            .map(|i| (t.value() - 1 - i * 12345) % t.value())
+            .collect();
+        let cs: Vec<u64> = c
+            .iter()
+            .map(|&x| (((x as u128) << 52) / t.value() as u128) as u64)
+            .collect();
+        let mut want = vec![0; n];
+        conversion_row_scalar(&src, &c, &t, &mut want);
+        for (k, &w) in want.iter().enumerate() {
+            let exact = src
+                .iter()
+                .zip(&c)
+                .map(|(s, &ci)| s[k] as u128 * ci as u128)
+                .sum::<u128>()
+                % t.value() as u128;
+            assert_eq!(w as u128, exact);
+        }
+        let mut got = vec![0; n];
+        conversion_row(&src, &c, &cs, &t, has_ifma(), &mut got);
+        assert_eq!(got, want);
+    }
+}
