@@ -65,10 +65,10 @@ fn main() {
     put("relin_keygen", t);
     let (t, rk1) = median_ms(reps_keygen, || kg.rotation_key(1, top).unwrap());
     put("rot_keygen_1", t);
-    let mut keys = EvaluationKeys::new();
-    keys.insert(rlk.clone());
+    let mut keys = EvaluationKeys::new(&ctx);
+    keys.insert(rlk.clone()).unwrap();
     for r in 1..=8 {
-        keys.insert(kg.rotation_key(r, top).unwrap());
+        keys.insert(kg.rotation_key(r, top).unwrap()).unwrap();
     }
 
     let x: Vec<f64> = (0..slots)

@@ -30,8 +30,9 @@ fn main() {
     let ctx = Context::named(&name).unwrap();
     let sk = SecretKey::generate(&ctx);
     let mut kg = KeyGenerator::new(&ctx, &sk);
-    let mut keys = EvaluationKeys::new();
-    keys.insert(kg.rotation_key(1, ctx.max_level()).unwrap());
+    let mut keys = EvaluationKeys::new(&ctx);
+    keys.insert(kg.rotation_key(1, ctx.max_level()).unwrap())
+        .unwrap();
     let top = ctx.max_level();
     let pt = Plaintext::encode_real(&ctx, &[0.5; 100], top, ctx.params().default_scale()).unwrap();
     let ct = Encryptor::new(&ctx).encrypt_sk(&pt, &sk).unwrap();
@@ -54,11 +55,8 @@ fn main() {
     });
     let dec = Decomposition::new(&ctx, top, &ct.c[1]);
     let key = keys.galois(ctx.galois_element(1)).unwrap();
-    let perm = ctx.permutation(ctx.galois_element(1));
-    time("inner product (perm)", iters, || {
-        dec.inner_product(&ctx, key, Some(&perm))
-    });
-    let (b, _a) = dec.inner_product(&ctx, key, Some(&perm));
+    time("inner product", iters, || dec.inner_product(&ctx, key));
+    let (b, _a) = dec.inner_product(&ctx, key);
     time("ModDown (1 poly)", iters, || mod_down(&ctx, top, &b));
     time("rotate", iters, || ev.rotate(&ct, 1, &keys).unwrap());
     time("rescale", iters, || ev.rescale(&ct).unwrap());

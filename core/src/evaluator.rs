@@ -164,10 +164,7 @@ impl Evaluator {
         self.check_headroom(scale, a.level)?;
         let basis = self.basis(a.level);
         let p = Self::pt_poly(pt, a.level);
-        let mut c = a.c.clone();
-        for x in c.iter_mut() {
-            basis.mul_assign(x, &p);
-        }
+        let c = a.c.iter().map(|x| basis.mul(x, &p)).collect();
         Ok(self.derived(c, a.level, scale))
     }
 
@@ -231,11 +228,10 @@ impl Evaluator {
         let scale = a.scale * b.scale;
         self.check_headroom(scale, a.level)?;
         let basis = self.basis(a.level);
-        let (mut d0, mut d1, mut d2) = (a.c[0].clone(), a.c[0].clone(), a.c[1].clone());
-        basis.mul_assign(&mut d0, &b.c[0]);
-        basis.mul_assign(&mut d1, &b.c[1]);
+        let d0 = basis.mul(&a.c[0], &b.c[0]);
+        let mut d1 = basis.mul(&a.c[0], &b.c[1]);
         basis.mul_add_assign(&mut d1, &a.c[1], &b.c[0]);
-        basis.mul_assign(&mut d2, &b.c[1]);
+        let d2 = basis.mul(&a.c[1], &b.c[1]);
         Ok(self.derived(vec![d0, d1, d2], a.level, scale))
     }
 
@@ -336,6 +332,9 @@ impl Evaluator {
         Ok(self.galois_from_decomposition(a, &dec, g, key))
     }
 
+    /// With the key stored as sigma^-1(key) (see `EvaluationKeys::insert`),
+    /// `sum_j sigma(d_j) key_j = sigma(sum_j d_j sigma^-1(key_j))`, and ModDown commutes with
+    /// sigma: the result is `(sigma(c0 + u0), sigma(u1))`, two permutations in all.
     fn galois_from_decomposition(
         &self,
         a: &Ciphertext,
@@ -344,18 +343,15 @@ impl Evaluator {
         key: &SwitchingKey,
     ) -> Ciphertext {
         let perm = self.ctx.permutation(g);
-        let (b, k) = dec.inner_product(&self.ctx, key, Some(&perm));
-        let ((u0, u1), mut c0) = par::join(
-            || {
-                par::join(
-                    || mod_down(&self.ctx, a.level, &b),
-                    || mod_down(&self.ctx, a.level, &k),
-                )
-            },
-            || self.basis(a.level).permute(&a.c[0], &perm),
+        let (b, k) = dec.inner_product(&self.ctx, key);
+        let (mut u0, u1) = par::join(
+            || mod_down(&self.ctx, a.level, &b),
+            || mod_down(&self.ctx, a.level, &k),
         );
-        self.basis(a.level).add_assign(&mut c0, &u0);
-        self.derived(vec![c0, u1], a.level, a.scale)
+        let basis = self.basis(a.level);
+        basis.add_assign(&mut u0, &a.c[0]);
+        let (c0, c1) = par::join(|| basis.permute(&u0, &perm), || basis.permute(&u1, &perm));
+        self.derived(vec![c0, c1], a.level, a.scale)
     }
 
     /// Left rotation of the slots by `r` (negative: right).

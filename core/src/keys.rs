@@ -124,20 +124,39 @@ impl SwitchingKey {
     }
 }
 
-/// The evaluation keys a server holds for one session.
-#[derive(Clone, Debug, Default)]
+/// The evaluation keys a server holds for one session, prepared for use: a Galois key for g is
+/// stored as `sigma_g^-1(key)`, so that a rotation permutes its two output polynomials once
+/// instead of every digit of the decomposition (see `Evaluator::apply_galois`).
+#[derive(Clone, Debug)]
 pub struct EvaluationKeys {
+    ctx: Arc<Context>,
     keys: HashMap<KeyKind, Arc<SwitchingKey>>,
 }
 
 impl EvaluationKeys {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(ctx: &Arc<Context>) -> Self {
+        Self {
+            ctx: ctx.clone(),
+            keys: HashMap::new(),
+        }
     }
 
-    /// Adds a key (replacing one of the same kind).
-    pub fn insert(&mut self, key: SwitchingKey) {
+    /// Adds a key (replacing one of the same kind). Errors if it belongs to other parameters.
+    pub fn insert(&mut self, mut key: SwitchingKey) -> Result<(), CkksError> {
+        if &key.fingerprint != self.ctx.fingerprint() {
+            return Err(CkksError::ParamsMismatch);
+        }
+        if let KeyKind::Galois(g) = key.kind {
+            let basis = &self.ctx.level(key.level).qp;
+            let inv = self
+                .ctx
+                .permutation(inverse_mod_2n(g, 2 * self.ctx.n() as u64));
+            for p in key.b.iter_mut().chain(key.a.iter_mut()) {
+                *p = basis.permute(p, &inv);
+            }
+        }
         self.keys.insert(key.kind, Arc::new(key));
+        Ok(())
     }
 
     pub fn relin(&self) -> Result<&SwitchingKey, CkksError> {
@@ -162,9 +181,19 @@ impl EvaluationKeys {
         self.keys.is_empty()
     }
 
+    /// The keys held (Galois keys in their prepared, permuted form).
     pub fn iter(&self) -> impl Iterator<Item = &SwitchingKey> {
         self.keys.values().map(|k| &**k)
     }
+}
+
+/// `g^-1 mod two_n` for odd g and a power-of-two modulus (Newton iteration on 2-adic inverses).
+fn inverse_mod_2n(g: u64, two_n: u64) -> u64 {
+    let mut x = g; // correct to 3 bits for odd g
+    for _ in 0..6 {
+        x = x.wrapping_mul(2u64.wrapping_sub(g.wrapping_mul(x)));
+    }
+    x & (two_n - 1)
 }
 
 /// Makes keys from a secret key, one at a time.

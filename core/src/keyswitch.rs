@@ -53,15 +53,9 @@ impl Decomposition {
         Self { level, digits }
     }
 
-    /// `(sum_j sigma(d_j) * b_j, sum_j sigma(d_j) * a_j)` over Q_l ++ P, where sigma is the
-    /// NTT-domain permutation `perm` (identity if None). The key may be made for a higher level:
-    /// its limbs for q0..ql and P are used.
-    pub fn inner_product(
-        &self,
-        ctx: &Context,
-        key: &SwitchingKey,
-        perm: Option<&[u32]>,
-    ) -> (RnsPoly, RnsPoly) {
+    /// `(sum_j d_j * b_j, sum_j d_j * a_j)` over Q_l ++ P. The key may be made for a higher
+    /// level: its limbs for q0..ql and P are used.
+    pub fn inner_product(&self, ctx: &Context, key: &SwitchingKey) -> (RnsPoly, RnsPoly) {
         let l = self.level;
         let lc = ctx.level(l);
         let basis = &lc.qp;
@@ -75,24 +69,9 @@ impl Decomposition {
         par::for_each_limb_pair(b.data_mut(), a.data_mut(), n, |i, out_b, out_a| {
             let ntt = basis.ntt(i);
             let ki = key_limb(i);
-            let mut gathered = if perm.is_some() {
-                vec![0u64; n]
-            } else {
-                Vec::new()
-            };
             for (j, d) in self.digits.iter().enumerate() {
-                let d = match perm {
-                    None => d.limb(i),
-                    Some(p) => {
-                        let src = d.limb(i);
-                        for (g, &idx) in gathered.iter_mut().zip(p) {
-                            *g = src[idx as usize];
-                        }
-                        &gathered
-                    }
-                };
-                ntt.mul_accumulate(out_b, d, key.b[j].limb(ki));
-                ntt.mul_accumulate(out_a, d, key.a[j].limb(ki));
+                ntt.mul_accumulate(out_b, d.limb(i), key.b[j].limb(ki));
+                ntt.mul_accumulate(out_a, d.limb(i), key.a[j].limb(ki));
             }
         });
         (b, a)
@@ -113,7 +92,7 @@ pub fn switch_key(
     key: &SwitchingKey,
 ) -> (RnsPoly, RnsPoly) {
     let dec = Decomposition::new(ctx, level, c);
-    let (b, a) = dec.inner_product(ctx, key, None);
+    let (b, a) = dec.inner_product(ctx, key);
     let (u0, u1) = par::join(|| mod_down(ctx, level, &b), || mod_down(ctx, level, &a));
     (u0, u1)
 }

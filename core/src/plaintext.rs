@@ -81,19 +81,33 @@ impl Plaintext {
         Self::encode(ctx, &v, level, scale)
     }
 
-    /// The N/2 slot values.
+    /// The N/2 slot values. Only as many limbs as the message is wide are transformed and
+    /// reconstructed (verified against one more limb, all of them if that check fails).
     pub fn decode(&self, ctx: &Context) -> Result<Vec<Complex>, CkksError> {
         if &self.fingerprint != ctx.fingerprint() {
             return Err(CkksError::ParamsMismatch);
         }
         check_level(ctx, self.level)?;
         let basis = &ctx.level(self.level).q;
+        let wanted_bits = self.scale.log2() + DECODE_HEADROOM_BITS;
+        let k = (1..=self.level).find(|&k| ctx.params().log_q_at(k - 1) >= wanted_bits);
+        if let Some(k) = k {
+            let sub = basis.slice(0..k + 1);
+            let mut coeff = self.poly.slice_limbs(0..k + 1);
+            sub.inverse(&mut coeff);
+            if let Some(centered) = sub.to_centered_f64_checked(&coeff, k) {
+                return Ok(ctx.encoder().coeffs_to_slots(&centered, self.scale));
+            }
+        }
         let mut coeff = self.poly.clone();
         basis.inverse(&mut coeff);
         let centered = basis.to_centered_f64(&coeff);
         Ok(ctx.encoder().coeffs_to_slots(&centered, self.scale))
     }
 }
+
+/// Bits above the scale that a decoded value may use before decoding takes more limbs.
+const DECODE_HEADROOM_BITS: f64 = 40.0;
 
 pub(crate) fn check_level(ctx: &Context, level: usize) -> Result<(), CkksError> {
     if level > ctx.max_level() {

@@ -147,14 +147,19 @@ impl RnsBasis {
 
     /// Pointwise product (NTT form): `a *= b`.
     pub fn mul_assign(&self, a: &mut RnsPoly, b: &RnsPoly) {
+        *a = self.mul(a, b);
+    }
+
+    /// Pointwise product (NTT form) into a new polynomial, through the backend's vectorized
+    /// modular multiply-accumulate.
+    pub fn mul(&self, a: &RnsPoly, b: &RnsPoly) -> RnsPoly {
         self.check(a);
         self.check(b);
-        par::for_each_limb(&mut a.data, self.n, |i, limb| {
-            let m = self.moduli[i];
-            for (x, &y) in limb.iter_mut().zip(b.limb(i)) {
-                *x = m.mul(*x, y);
-            }
+        let mut out = self.zero();
+        par::for_each_limb(&mut out.data, self.n, |i, limb| {
+            self.ntts[i].mul_accumulate(limb, a.limb(i), b.limb(i));
         });
+        out
     }
 
     /// `acc += a * b` pointwise (NTT form).
@@ -163,10 +168,7 @@ impl RnsBasis {
         self.check(a);
         self.check(b);
         par::for_each_limb(&mut acc.data, self.n, |i, limb| {
-            let m = self.moduli[i];
-            for ((x, &y), &z) in limb.iter_mut().zip(a.limb(i)).zip(b.limb(i)) {
-                *x = m.add(*x, m.mul(y, z));
-            }
+            self.ntts[i].mul_accumulate(limb, a.limb(i), b.limb(i));
         });
     }
 
@@ -230,7 +232,18 @@ impl RnsBasis {
     /// as f64 (Garner's mixed radix: exact digits, one rounding at the end).
     pub fn to_centered_f64(&self, p: &RnsPoly) -> Vec<f64> {
         self.check(p);
-        let k = self.len();
+        self.garner(p, self.len(), None).expect("no check limb")
+    }
+
+    /// Reconstruction from the first `k` limbs only, verified against limb `k`: None if any
+    /// coefficient's centered value does not fit below q0..q(k-1) (then more limbs are needed).
+    /// Decoding needs only as many limbs as the message is wide, not the whole chain.
+    pub fn to_centered_f64_checked(&self, p: &RnsPoly, k: usize) -> Option<Vec<f64>> {
+        assert!(k < self.len() && p.num_limbs() > k);
+        self.garner(p, k, Some(k))
+    }
+
+    fn garner(&self, p: &RnsPoly, k: usize, check: Option<usize>) -> Option<Vec<f64>> {
         let m = &self.moduli;
         // inv[i][j] = q_j^-1 mod q_i for j < i
         let inv: Vec<Vec<u64>> = (0..k)
@@ -240,11 +253,10 @@ impl RnsBasis {
                     .collect()
             })
             .collect();
-        // mixed-radix digits of floor(Q/2), to decide the sign
+        // mixed-radix digits of floor(Q/2) (Q = q0..q(k-1)), to decide the sign
         let half_digits = {
-            // Q - 1 has digits (q_i - 1); halving a mixed-radix number walks from the top.
             let mut digits = vec![0u64; k];
-            let mut rem = 0u128; // remainder carried down, < 2
+            let mut rem = 0u128;
             for i in (0..k).rev() {
                 let cur = rem * m[i].value() as u128 + (m[i].value() - 1) as u128;
                 digits[i] = (cur / 2) as u64;
@@ -252,46 +264,61 @@ impl RnsBasis {
             }
             digits
         };
+        let check_q = check.map(|c| {
+            let mc = m[c];
+            let q_mod = m[..k]
+                .iter()
+                .fold(1u64, |acc, qi| mc.mul(acc, mc.reduce(qi.value())));
+            (mc, q_mod, p.limb(c))
+        });
         let mut v = vec![0u64; k];
-        (0..self.n)
-            .map(|c| {
-                for i in 0..k {
-                    let mut x = p.limb(i)[c];
-                    for j in 0..i {
-                        x = m[i].mul(m[i].sub(x, m[i].reduce(v[j])), inv[i][j]);
-                    }
-                    v[i] = x;
+        let mut out = Vec::with_capacity(self.n);
+        for c in 0..self.n {
+            for i in 0..k {
+                let mut x = p.limb(i)[c];
+                for j in 0..i {
+                    x = m[i].mul(m[i].sub(x, m[i].reduce(v[j])), inv[i][j]);
                 }
-                let negative = (0..k)
-                    .rev()
-                    .find(|&i| v[i] != half_digits[i])
-                    .is_some_and(|i| v[i] > half_digits[i]);
-                if negative {
-                    // Q - x in mixed radix: digit-wise complement with borrow
-                    let mut borrow = 0u64;
-                    for i in 0..k {
-                        let qi = m[i].value();
-                        let sub = v[i] + borrow;
-                        if sub == 0 {
-                            v[i] = 0;
-                            borrow = 0;
-                        } else {
-                            v[i] = qi - sub;
-                            borrow = 1;
-                        }
-                    }
-                }
-                let mut val = 0f64;
+                v[i] = x;
+            }
+            let negative = (0..k)
+                .rev()
+                .find(|&i| v[i] != half_digits[i])
+                .is_some_and(|i| v[i] > half_digits[i]);
+            if let Some((mc, q_mod, limb)) = &check_q {
+                // x mod q_check from the digits, minus Q if the centered value is negative
+                let mut r = 0u64;
                 for i in (0..k).rev() {
-                    val = val * m[i].value() as f64 + v[i] as f64;
+                    r = mc.add(mc.mul(r, mc.reduce(m[i].value())), mc.reduce(v[i]));
                 }
                 if negative {
-                    -val
-                } else {
-                    val
+                    r = mc.sub(r, *q_mod);
                 }
-            })
-            .collect()
+                if r != limb[c] {
+                    return None;
+                }
+            }
+            if negative {
+                // Q - x in mixed radix: digit-wise complement with borrow
+                let mut borrow = 0u64;
+                for i in 0..k {
+                    let sub = v[i] + borrow;
+                    if sub == 0 {
+                        v[i] = 0;
+                        borrow = 0;
+                    } else {
+                        v[i] = m[i].value() - sub;
+                        borrow = 1;
+                    }
+                }
+            }
+            let mut val = 0f64;
+            for i in (0..k).rev() {
+                val = val * m[i].value() as f64 + v[i] as f64;
+            }
+            out.push(if negative { -val } else { val });
+        }
+        Some(out)
     }
 
     /// Rounds `p / q_last` and drops the last limb (`p` in NTT form, result in NTT form over the

@@ -23,14 +23,14 @@ fn fixture() -> &'static Fixture {
         let mut kg = KeyGenerator::new(&ctx, &sk);
         let pk = kg.public_key();
         let top = ctx.max_level();
-        let mut keys = EvaluationKeys::new();
-        keys.insert(kg.relin_key(top).unwrap());
-        keys.insert(kg.conjugation_key(top).unwrap());
+        let mut keys = EvaluationKeys::new(&ctx);
+        keys.insert(kg.relin_key(top).unwrap()).unwrap();
+        keys.insert(kg.conjugation_key(top).unwrap()).unwrap();
         for r in ROTATIONS {
-            keys.insert(kg.rotation_key(r, top).unwrap());
+            keys.insert(kg.rotation_key(r, top).unwrap()).unwrap();
         }
         // powers of two for rotate_and_sum(step 1, count 8)
-        keys.insert(kg.rotation_key(4, top).unwrap());
+        keys.insert(kg.rotation_key(4, top).unwrap()).unwrap();
         Fixture { ctx, sk, pk, keys }
     })
 }
@@ -269,9 +269,9 @@ fn keys_work_below_their_level_and_are_refused_above() {
     let a = values(n, 12);
     let mut kg = KeyGenerator::new(&f.ctx, &f.sk);
     let key_level = 2;
-    let mut keys = EvaluationKeys::new();
-    keys.insert(kg.rotation_key(3, key_level).unwrap());
-    keys.insert(kg.relin_key(key_level).unwrap());
+    let mut keys = EvaluationKeys::new(&f.ctx);
+    keys.insert(kg.rotation_key(3, key_level).unwrap()).unwrap();
+    keys.insert(kg.relin_key(key_level).unwrap()).unwrap();
     let want: Vec<f64> = (0..n).map(|i| a[(i + 3) % n]).collect();
     for level in 0..=key_level {
         let ct = encrypt(f, &a, level, D25);
@@ -345,8 +345,10 @@ fn operand_errors_are_errors() {
         decrypt(&other, &x, &f.sk),
         Err(CkksError::ParamsMismatch)
     ));
-    let mut no_relin = EvaluationKeys::new();
-    no_relin.insert(KeyGenerator::new(&f.ctx, &f.sk).rotation_key(1, l).unwrap());
+    let mut no_relin = EvaluationKeys::new(&f.ctx);
+    no_relin
+        .insert(KeyGenerator::new(&f.ctx, &f.sk).rotation_key(1, l).unwrap())
+        .unwrap();
     assert!(matches!(
         ev.mul_relin(&x, &x, &no_relin),
         Err(CkksError::MissingRelinKey)
@@ -363,4 +365,19 @@ fn secret_key_is_ternary() {
         (h as f64 - 2.0 * n as f64 / 3.0).abs() < 0.03 * n as f64,
         "{h}"
     );
+}
+
+#[test]
+fn decoding_wide_values_falls_back_to_all_limbs() {
+    // 2^90 at scale 2^25 needs 115 bits: more than the limbs the decoder tries first
+    let f = fixture();
+    let big = 2f64.powi(90);
+    let v = [big, -big, 1.5, -3.25];
+    let pt = Plaintext::encode_real(&f.ctx, &v, f.ctx.max_level(), D25).unwrap();
+    let ct = Encryptor::new(&f.ctx).encrypt_sk(&pt, &f.sk).unwrap();
+    let got = decrypt(&f.ctx, &ct, &f.sk).unwrap().decode(&f.ctx).unwrap();
+    assert!((got[0].re / big - 1.0).abs() < 1e-9 && (got[1].re / big + 1.0).abs() < 1e-9);
+    // f64 transforms keep about 2^-50 of the largest value: small slots next to 2^90 are
+    // accurate to about 2^40
+    assert!((got[2].re - 1.5).abs() < big * 2f64.powi(-45));
 }

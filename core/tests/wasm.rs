@@ -21,8 +21,9 @@ fn encrypt_rotate_decrypt() {
     let ctx = Context::named("N12_TINY").unwrap();
     let sk = SecretKey::generate(&ctx);
     let mut kg = KeyGenerator::new(&ctx, &sk);
-    let mut keys = EvaluationKeys::new();
-    keys.insert(kg.rotation_key(1, ctx.max_level()).unwrap());
+    let mut keys = EvaluationKeys::new(&ctx);
+    keys.insert(kg.rotation_key(1, ctx.max_level()).unwrap())
+        .unwrap();
     let v: Vec<f64> = (0..ctx.params().slots())
         .map(|i| (i % 17) as f64 / 17.0)
         .collect();
