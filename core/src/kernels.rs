@@ -121,10 +121,120 @@ unsafe fn conversion_row_ifma(
     }
 }
 
+/// `out[k] = (a[k] - b[k]) * w mod q` (or `a[k] * w` when `b` is None), `w < q`, inputs reduced.
+/// `w_shoup52 = floor(w * 2^52 / q)` serves the IFMA path, which needs `q < 2^50`.
+pub fn sub_mul_const(
+    a: &[u64],
+    b: Option<&[u64]>,
+    w: u64,
+    w_shoup52: u64,
+    q: &Modulus,
+    out: &mut [u64],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_ifma() && q.value() < IFMA_MAX_TARGET {
+        // SAFETY: IFMA is present and q < 2^50, so residues and Shoup products fit in 52 bits.
+        unsafe { sub_mul_const_ifma(a, b, w, w_shoup52, q.value(), out) };
+        return;
+    }
+    let _ = w_shoup52;
+    let ws = q.shoup(w);
+    match b {
+        Some(b) => {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = q.mul_shoup(q.sub(x, y), w, ws);
+            }
+        }
+        None => {
+            for (o, &x) in out.iter_mut().zip(a) {
+                *o = q.mul_shoup(x, w, ws);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512ifma,avx512dq")]
+unsafe fn sub_mul_const_ifma(
+    a: &[u64],
+    b: Option<&[u64]>,
+    w: u64,
+    w_shoup52: u64,
+    q: u64,
+    out: &mut [u64],
+) {
+    use std::arch::x86_64::*;
+    let n = out.len();
+    let mask52 = _mm512_set1_epi64(((1u64 << 52) - 1) as i64);
+    let qv = _mm512_set1_epi64(q as i64);
+    let wv = _mm512_set1_epi64(w as i64);
+    let wsv = _mm512_set1_epi64(w_shoup52 as i64);
+    let zero = _mm512_setzero_si512();
+    let mut k = 0;
+    while k + 8 <= n {
+        let mut x = _mm512_loadu_si512(a.as_ptr().add(k) as *const _);
+        if let Some(b) = b {
+            let y = _mm512_loadu_si512(b.as_ptr().add(k) as *const _);
+            // x - y mod q: add q where the difference went negative
+            let d = _mm512_sub_epi64(x, y);
+            let lt = _mm512_cmplt_epu64_mask(x, y);
+            x = _mm512_mask_add_epi64(d, lt, d, qv);
+        }
+        let quot = _mm512_madd52hi_epu64(zero, x, wsv);
+        let lo = _mm512_madd52lo_epu64(zero, x, wv);
+        let qt = _mm512_madd52lo_epu64(zero, quot, qv);
+        let mut r = _mm512_and_si512(_mm512_sub_epi64(lo, qt), mask52);
+        let ge = _mm512_cmpge_epu64_mask(r, qv);
+        r = _mm512_mask_sub_epi64(r, ge, r, qv);
+        _mm512_storeu_si512(out.as_mut_ptr().add(k) as *mut _, r);
+        k += 8;
+    }
+    if k < n {
+        let m = Modulus::new(q);
+        let ws = m.shoup(w);
+        for i in k..n {
+            let x = match b {
+                Some(b) => m.sub(a[i], b[i]),
+                None => a[i],
+            };
+            out[i] = m.mul_shoup(x, w, ws);
+        }
+    }
+}
+
+/// 52-bit Shoup constant `floor(w * 2^52 / q)`.
+pub fn shoup52(w: u64, q: u64) -> u64 {
+    (((w as u128) << 52) / q as u128) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::arith::ntt_primes;
+
+    #[test]
+    fn sub_mul_const_matches_scalar() {
+        for bits in [40u32, 50, 60] {
+            let q = Modulus::new(ntt_primes(bits, 1 << 12, 1, &[]).unwrap()[0]);
+            let n = 1003;
+            let a: Vec<u64> = (0..n as u64)
+                .map(|k| (k * 2654435761 + q.value() / 3) % q.value())
+                .collect();
+            let b: Vec<u64> = (0..n as u64)
+                .map(|k| (k * 40503 + q.value() - 7) % q.value())
+                .collect();
+            let w = q.value() - 12345;
+            let mut got = vec![0; n];
+            sub_mul_const(&a, Some(&b), w, shoup52(w, q.value()), &q, &mut got);
+            for k in 0..n {
+                assert_eq!(got[k], q.mul(q.sub(a[k], b[k]), w), "bits {bits}");
+            }
+            sub_mul_const(&a, None, w, shoup52(w, q.value()), &q, &mut got);
+            for k in 0..n {
+                assert_eq!(got[k], q.mul(a[k], w));
+            }
+        }
+    }
 
     #[test]
     fn ifma_row_matches_scalar() {

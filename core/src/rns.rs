@@ -614,13 +614,18 @@ impl BasisConverter {
         let n = self.from.n();
         assert_eq!(input.num_limbs(), self.from.len());
         assert_eq!(outs.len(), self.to.len());
-        let mut y = input.clone();
+        let mut y = self.from.zero();
         par::for_each_limb(&mut y.data, n, |i, limb| {
             let m = self.from.modulus(i);
-            let (w, ws) = self.inv_punctured[i];
-            for x in limb.iter_mut() {
-                *x = m.mul_shoup(*x, w, ws);
-            }
+            let w = self.inv_punctured[i].0;
+            kernels::sub_mul_const(
+                input.limb(i),
+                None,
+                w,
+                kernels::shoup52(w, m.value()),
+                m,
+                limb,
+            );
         });
         // The exact conversion's overflow count enters as one more term, with constant -B mod t.
         let overflow: Vec<u64> = if exact {
@@ -742,10 +747,16 @@ impl ModDown {
                     *v = m.sub(*v, self.half_q[i]);
                 }
                 q.ntt(i).forward(row);
-                let (w, ws) = self.p_inv[i];
-                for (o, &xi) in row.iter_mut().zip(x.limb(i)) {
-                    *o = m.mul_shoup(m.sub(xi, *o), w, ws);
-                }
+                let w = self.p_inv[i].0;
+                let t = row.to_vec();
+                kernels::sub_mul_const(
+                    x.limb(i),
+                    Some(&t),
+                    w,
+                    kernels::shoup52(w, m.value()),
+                    m,
+                    row,
+                );
             });
         out
     }
