@@ -121,6 +121,34 @@ unsafe fn conversion_row_ifma(
     }
 }
 
+/// `out[k] = (a[k] - out[k]) * w mod q` in place, `w < q`, inputs reduced (the ModDown combine).
+pub fn rsub_mul_const_in_place(a: &[u64], out: &mut [u64], w: u64, w_shoup52: u64, q: &Modulus) {
+    assert!(a.len() >= out.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_ifma() && q.value() < IFMA_MAX_TARGET {
+        let (n, dst) = (out.len(), out.as_mut_ptr());
+        // SAFETY: IFMA is present, q < 2^50 (residues and Shoup products fit in 52 bits), the
+        // lengths are checked, and each lane of `out` is read before it is written.
+        unsafe {
+            sub_mul_const_ifma(
+                a.as_ptr(),
+                Some(dst as *const u64),
+                w,
+                w_shoup52,
+                q.value(),
+                dst,
+                n,
+            )
+        };
+        return;
+    }
+    let _ = w_shoup52;
+    let ws = q.shoup(w);
+    for (o, &x) in out.iter_mut().zip(a) {
+        *o = q.mul_shoup(q.sub(x, *o), w, ws);
+    }
+}
+
 /// `out[k] = (a[k] - b[k]) * w mod q` (or `a[k] * w` when `b` is None), `w < q`, inputs reduced.
 /// `w_shoup52 = floor(w * 2^52 / q)` serves the IFMA path, which needs `q < 2^50`.
 pub fn sub_mul_const(
@@ -131,10 +159,22 @@ pub fn sub_mul_const(
     q: &Modulus,
     out: &mut [u64],
 ) {
+    assert!(a.len() >= out.len() && b.is_none_or(|b| b.len() >= out.len()));
     #[cfg(target_arch = "x86_64")]
     if has_ifma() && q.value() < IFMA_MAX_TARGET {
-        // SAFETY: IFMA is present and q < 2^50, so residues and Shoup products fit in 52 bits.
-        unsafe { sub_mul_const_ifma(a, b, w, w_shoup52, q.value(), out) };
+        let (n, dst) = (out.len(), out.as_mut_ptr());
+        // SAFETY: as above; `b` does not alias `out` (borrow rules).
+        unsafe {
+            sub_mul_const_ifma(
+                a.as_ptr(),
+                b.map(<[u64]>::as_ptr),
+                w,
+                w_shoup52,
+                q.value(),
+                dst,
+                n,
+            )
+        };
         return;
     }
     let _ = w_shoup52;
@@ -153,18 +193,19 @@ pub fn sub_mul_const(
     }
 }
 
+/// Raw-pointer kernel so that `b` may be `out` itself (in-place reverse subtraction).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512ifma,avx512dq")]
 unsafe fn sub_mul_const_ifma(
-    a: &[u64],
-    b: Option<&[u64]>,
+    a: *const u64,
+    b: Option<*const u64>,
     w: u64,
     w_shoup52: u64,
     q: u64,
-    out: &mut [u64],
+    out: *mut u64,
+    n: usize,
 ) {
     use std::arch::x86_64::*;
-    let n = out.len();
     let mask52 = _mm512_set1_epi64(((1u64 << 52) - 1) as i64);
     let qv = _mm512_set1_epi64(q as i64);
     let wv = _mm512_set1_epi64(w as i64);
@@ -172,9 +213,9 @@ unsafe fn sub_mul_const_ifma(
     let zero = _mm512_setzero_si512();
     let mut k = 0;
     while k + 8 <= n {
-        let mut x = _mm512_loadu_si512(a.as_ptr().add(k) as *const _);
+        let mut x = _mm512_loadu_si512(a.add(k) as *const _);
         if let Some(b) = b {
-            let y = _mm512_loadu_si512(b.as_ptr().add(k) as *const _);
+            let y = _mm512_loadu_si512(b.add(k) as *const _);
             // x - y mod q: add q where the difference went negative
             let d = _mm512_sub_epi64(x, y);
             let lt = _mm512_cmplt_epu64_mask(x, y);
@@ -186,19 +227,17 @@ unsafe fn sub_mul_const_ifma(
         let mut r = _mm512_and_si512(_mm512_sub_epi64(lo, qt), mask52);
         let ge = _mm512_cmpge_epu64_mask(r, qv);
         r = _mm512_mask_sub_epi64(r, ge, r, qv);
-        _mm512_storeu_si512(out.as_mut_ptr().add(k) as *mut _, r);
+        _mm512_storeu_si512(out.add(k) as *mut _, r);
         k += 8;
     }
-    if k < n {
-        let m = Modulus::new(q);
-        let ws = m.shoup(w);
-        for i in k..n {
-            let x = match b {
-                Some(b) => m.sub(a[i], b[i]),
-                None => a[i],
-            };
-            out[i] = m.mul_shoup(x, w, ws);
-        }
+    let m = Modulus::new(q);
+    let ws = m.shoup(w);
+    for i in k..n {
+        let x = match b {
+            Some(b) => m.sub(*a.add(i), *b.add(i)),
+            None => *a.add(i),
+        };
+        *out.add(i) = m.mul_shoup(x, w, ws);
     }
 }
 
@@ -232,6 +271,11 @@ mod tests {
             sub_mul_const(&a, None, w, shoup52(w, q.value()), &q, &mut got);
             for k in 0..n {
                 assert_eq!(got[k], q.mul(a[k], w));
+            }
+            let mut inplace = b.clone();
+            rsub_mul_const_in_place(&a, &mut inplace, w, shoup52(w, q.value()), &q);
+            for k in 0..n {
+                assert_eq!(inplace[k], q.mul(q.sub(a[k], b[k]), w));
             }
         }
     }

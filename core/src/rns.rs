@@ -748,14 +748,12 @@ impl ModDown {
                 }
                 q.ntt(i).forward(row);
                 let w = self.p_inv[i].0;
-                let t = row.to_vec();
-                kernels::sub_mul_const(
+                kernels::rsub_mul_const_in_place(
                     x.limb(i),
-                    Some(&t),
+                    row,
                     w,
                     kernels::shoup52(w, m.value()),
                     m,
-                    row,
                 );
             });
         out
