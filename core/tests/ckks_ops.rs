@@ -381,3 +381,34 @@ fn decoding_wide_values_falls_back_to_all_limbs() {
     // accurate to about 2^40
     assert!((got[2].re - 1.5).abs() < big * 2f64.powi(-45));
 }
+
+#[test]
+fn encrypt_decrypt_precision_at_every_shipped_set() {
+    // Fresh secret-key encryption at each set's default scale, top level: the error is the
+    // encryption noise (about 6 * 3.2 * sqrt(N) at most in a slot) over the scale.
+    for name in params::NAMED_SETS {
+        let ctx = Context::named(name).unwrap();
+        let sk = SecretKey::generate(&ctx);
+        let pk = KeyGenerator::new(&ctx, &sk).public_key();
+        let n = ctx.params().slots();
+        let v = values(n, 21);
+        let scale = ctx.params().default_scale();
+        let pt = Plaintext::encode_real(&ctx, &v, ctx.max_level(), scale).unwrap();
+        let mut enc = Encryptor::new(&ctx);
+        let bound_sk = 8.0 * 3.2 * (ctx.n() as f64).sqrt() / scale;
+        // public-key encryption adds v*e_pk + e1*s: about sqrt(2N/3) times more
+        let bound_pk = bound_sk * (2.0 * ctx.n() as f64 / 3.0).sqrt();
+        for (ct, bound) in [
+            (enc.encrypt_sk(&pt, &sk).unwrap(), bound_sk),
+            (enc.encrypt_pk(&pt, &pk).unwrap(), bound_pk),
+        ] {
+            let got = decrypt(&ctx, &ct, &sk).unwrap().decode(&ctx).unwrap();
+            let err = got
+                .iter()
+                .zip(&v)
+                .map(|(g, w)| (g.re - w).abs())
+                .fold(0.0, f64::max);
+            assert!(err < bound, "{name}: error {err:.3e} above {bound:.3e}");
+        }
+    }
+}
