@@ -1,0 +1,317 @@
+//! Any PNG or JPEG to the model's input: decode (grayscale, alpha, palette, 16-bit, EXIF orientation),
+//! composite transparency over white, center-crop to the input's aspect ratio, resize with an
+//! antialiasing filter, normalize through `blindsight_core::layout`.
+//!
+//! Image files come from users, so decoded sizes are capped before any pixel buffer is allocated: a
+//! small file that claims enormous dimensions is refused, not decoded. As in `model`, errors carry
+//! their cause in the message rather than as a `source`.
+
+use std::io::Cursor;
+
+use blindsight_core::layout::LayoutError;
+use image::imageops::{self, FilterType};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb, RgbImage};
+
+use crate::model::Model;
+
+/// Largest accepted width or height.
+pub const MAX_SIDE: u32 = 8192;
+/// Largest accepted pixel count: 16 Mi pixels, 64 MiB as RGBA8 (a 16-megapixel photo fits). Decoding
+/// then needs at most 128 MiB (16-bit RGBA) plus the RGB8 copy.
+pub const MAX_PIXELS: u64 = 16 << 20;
+
+/// Why an image could not be turned into a model input.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageInputError {
+    #[error("the image file is empty")]
+    Empty,
+    #[error("not a PNG or JPEG image")]
+    UnsupportedFormat,
+    #[error("the image is {width}x{height}; at most {MAX_SIDE} pixels per side and {MAX_PIXELS} pixels in all are accepted")]
+    TooLarge { width: u32, height: u32 },
+    #[error("the image has no pixels ({width}x{height})")]
+    NoPixels { width: u32, height: u32 },
+    #[error("cannot decode the image: {0}")]
+    Decode(image::ImageError),
+    #[error("cannot normalize the image for this model: {0}")]
+    Layout(LayoutError),
+}
+
+/// Decodes `bytes` and returns the model's normalized CHW input tensor.
+pub fn model_input(bytes: &[u8], model: &Model) -> Result<Vec<f64>, ImageInputError> {
+    let spec = model.input();
+    let (width, height) = (dim(spec.width), dim(spec.height));
+    let rgb = load_rgb8(bytes, width, height)?;
+    model
+        .normalization()
+        .normalize_hwc(rgb.as_raw(), spec.height, spec.width)
+        .map_err(ImageInputError::Layout)
+}
+
+/// Decodes `bytes` and returns the center crop, resized to `width` x `height`, as RGB8.
+pub fn load_rgb8(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, ImageInputError> {
+    let (image, orientation) = decode(bytes)?;
+    let mut rgb = DynamicImage::ImageRgb8(over_white(image));
+    rgb.apply_orientation(orientation);
+    let rgb = rgb.into_rgb8();
+    let (x, y, w, h) = center_crop(rgb.dimensions(), (width, height));
+    let crop = imageops::crop_imm(&rgb, x, y, w, h);
+    // Lanczos3 widens its support with the scale factor, so a large downscale averages every source
+    // pixel instead of aliasing.
+    Ok(imageops::resize(
+        &*crop,
+        width,
+        height,
+        FilterType::Lanczos3,
+    ))
+}
+
+/// Model input sizes are validated to fit memory; one beyond u32 saturates and no image matches it.
+fn dim(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn decode(bytes: &[u8]) -> Result<(DynamicImage, Orientation), ImageInputError> {
+    if bytes.is_empty() {
+        return Err(ImageInputError::Empty);
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ImageInputError::Decode(image::ImageError::IoError(e)))?;
+    if !matches!(reader.format(), Some(ImageFormat::Png | ImageFormat::Jpeg)) {
+        return Err(ImageInputError::UnsupportedFormat);
+    }
+    // The decoder's own limits are replaced by the checks below, which name the image's size; reading
+    // the header allocates nothing in proportion to it.
+    reader.no_limits();
+    let mut decoder = reader.into_decoder().map_err(ImageInputError::Decode)?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(ImageInputError::NoPixels { width, height });
+    }
+    if width > MAX_SIDE || height > MAX_SIDE || u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return Err(ImageInputError::TooLarge { width, height });
+    }
+    // A damaged EXIF block should not cost the user the image: it is then shown as stored.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let image = DynamicImage::from_decoder(decoder).map_err(ImageInputError::Decode)?;
+    Ok((image, orientation))
+}
+
+/// RGB8, with any transparency composited over white (as the image shows on a page).
+fn over_white(image: DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.into_rgb8();
+    }
+    let rgba = image.into_rgba8();
+    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let [r, g, b, a] = rgba.get_pixel(x, y).0;
+        let a = u32::from(a);
+        let blend = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
+        Rgb([blend(r), blend(g), blend(b)])
+    })
+}
+
+/// The largest centered region of `(w, h)` with the target's aspect ratio: `(x, y, width, height)`.
+fn center_crop((w, h): (u32, u32), (tw, th): (u32, u32)) -> (u32, u32, u32, u32) {
+    let (w64, h64) = (u64::from(w), u64::from(h));
+    let (tw64, th64) = (u64::from(tw.max(1)), u64::from(th.max(1)));
+    let (cw, ch) = if w64 * th64 > h64 * tw64 {
+        (((h64 * tw64 + th64 / 2) / th64).max(1) as u32, h)
+    } else {
+        (w, ((w64 * th64 + tw64 / 2) / tw64).max(1) as u32)
+    };
+    ((w - cw) / 2, (h - ch) / 2, cw, ch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, Luma, LumaA, Rgba};
+
+    fn encode(image: DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    fn png(image: impl Into<DynamicImage>) -> Vec<u8> {
+        encode(image.into(), ImageFormat::Png)
+    }
+
+    /// Every pixel of `img` within `tol` of `rgb`.
+    fn assert_solid(img: &RgbImage, rgb: [u8; 3], tol: u8) {
+        for p in img.pixels() {
+            for c in 0..3 {
+                assert!(
+                    p.0[c].abs_diff(rgb[c]) <= tol,
+                    "pixel {:?}, expected {rgb:?}",
+                    p.0
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn png_and_jpeg_of_any_size_become_the_target_size() {
+        for (w, h) in [(1, 1), (45, 17), (17, 45), (32, 32), (300, 200), (7, 1000)] {
+            let img = RgbImage::from_pixel(w, h, Rgb([200, 100, 50]));
+            let out = load_rgb8(&png(img.clone()), 32, 32).unwrap();
+            assert_eq!(out.dimensions(), (32, 32));
+            assert_solid(&out, [200, 100, 50], 1);
+            let out = load_rgb8(&encode(img.into(), ImageFormat::Jpeg), 32, 32).unwrap();
+            assert_eq!(out.dimensions(), (32, 32));
+            assert_solid(&out, [200, 100, 50], 4);
+        }
+    }
+
+    #[test]
+    fn center_crop_keeps_the_middle() {
+        // 96x32: blue | red | blue in thirds; the centered square is all red.
+        let wide = RgbImage::from_fn(96, 32, |x, _| {
+            if (32..64).contains(&x) {
+                Rgb([255, 0, 0])
+            } else {
+                Rgb([0, 0, 255])
+            }
+        });
+        assert_solid(&load_rgb8(&png(wide), 32, 32).unwrap(), [255, 0, 0], 0);
+        // 20x60: green on top and bottom, red in the middle; downscaled by 5/8 as well.
+        let tall = RgbImage::from_fn(20, 60, |_, y| {
+            if (20..40).contains(&y) {
+                Rgb([255, 0, 0])
+            } else {
+                Rgb([0, 255, 0])
+            }
+        });
+        let out = load_rgb8(&png(tall), 8, 8).unwrap();
+        assert_solid(&out, [255, 0, 0], 0);
+        // Non-square targets crop to their own aspect ratio.
+        assert_eq!(center_crop((100, 100), (2, 1)), (0, 25, 100, 50));
+        assert_eq!(center_crop((100, 10), (1, 1)), (45, 0, 10, 10));
+    }
+
+    #[test]
+    fn left_and_right_halves_stay_apart() {
+        let img = RgbImage::from_fn(256, 256, |x, _| {
+            if x < 128 {
+                Rgb([0, 0, 0])
+            } else {
+                Rgb([255, 255, 255])
+            }
+        });
+        let out = load_rgb8(&png(img), 32, 32).unwrap();
+        assert!(out.get_pixel(2, 10).0[0] < 5 && out.get_pixel(29, 10).0[0] > 250);
+    }
+
+    #[test]
+    fn grayscale_and_sixteen_bit_become_rgb() {
+        let gray = ImageBuffer::<Luma<u8>, _>::from_pixel(40, 30, Luma([77]));
+        assert_solid(&load_rgb8(&png(gray), 32, 32).unwrap(), [77, 77, 77], 0);
+        let gray16 = ImageBuffer::<Luma<u16>, _>::from_pixel(40, 30, Luma([40000]));
+        assert_solid(
+            &load_rgb8(&png(gray16), 32, 32).unwrap(),
+            [155, 155, 155],
+            1,
+        );
+        let rgb16 = ImageBuffer::<Rgb<u16>, _>::from_pixel(33, 31, Rgb([65535, 0, 32896]));
+        assert_solid(&load_rgb8(&png(rgb16), 32, 32).unwrap(), [255, 0, 128], 1);
+    }
+
+    #[test]
+    fn transparency_is_composited_over_white() {
+        let clear = ImageBuffer::<Rgba<u8>, _>::from_pixel(10, 10, Rgba([0, 0, 0, 0]));
+        assert_solid(&load_rgb8(&png(clear), 32, 32).unwrap(), [255, 255, 255], 0);
+        let half_red = ImageBuffer::<Rgba<u8>, _>::from_pixel(10, 10, Rgba([255, 0, 0, 128]));
+        assert_solid(
+            &load_rgb8(&png(half_red), 32, 32).unwrap(),
+            [255, 127, 127],
+            1,
+        );
+        let gray_alpha = ImageBuffer::<LumaA<u8>, _>::from_pixel(10, 10, LumaA([0, 255]));
+        assert_solid(&load_rgb8(&png(gray_alpha), 32, 32).unwrap(), [0, 0, 0], 0);
+        let rgba16 = ImageBuffer::<Rgba<u16>, _>::from_pixel(10, 10, Rgba([0, 0, 65535, 65535]));
+        assert_solid(&load_rgb8(&png(rgba16), 32, 32).unwrap(), [0, 0, 255], 0);
+    }
+
+    #[test]
+    fn palette_png_is_expanded() {
+        let mut bytes = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut bytes, 9, 5);
+            enc.set_color(png::ColorType::Indexed);
+            enc.set_depth(png::BitDepth::Eight);
+            enc.set_palette(vec![10, 20, 30, 200, 150, 100]);
+            let mut writer = enc.write_header().unwrap();
+            writer.write_image_data(&[1; 9 * 5]).unwrap();
+        }
+        assert_solid(&load_rgb8(&bytes, 32, 32).unwrap(), [200, 150, 100], 0);
+    }
+
+    #[test]
+    fn bad_files_give_clear_errors() {
+        assert!(matches!(
+            load_rgb8(&[], 32, 32),
+            Err(ImageInputError::Empty)
+        ));
+        assert!(matches!(
+            load_rgb8(b"hello, not an image", 32, 32),
+            Err(ImageInputError::UnsupportedFormat)
+        ));
+        assert!(matches!(
+            load_rgb8(b"GIF89a\x01\x00\x01\x00", 32, 32),
+            Err(ImageInputError::UnsupportedFormat)
+        ));
+        let good = png(RgbImage::from_pixel(50, 50, Rgb([1, 2, 3])));
+        let truncated = &good[..good.len() / 2];
+        assert!(matches!(
+            load_rgb8(truncated, 32, 32),
+            Err(ImageInputError::Decode(_))
+        ));
+        let jpeg = encode(
+            RgbImage::from_pixel(50, 50, Rgb([1, 2, 3])).into(),
+            ImageFormat::Jpeg,
+        );
+        assert!(load_rgb8(&jpeg[..20], 32, 32).is_err());
+    }
+
+    #[test]
+    fn oversized_images_are_refused_before_decoding() {
+        let long = png(ImageBuffer::<Luma<u8>, _>::new(MAX_SIDE + 1, 1));
+        assert!(
+            matches!(load_rgb8(&long, 32, 32), Err(ImageInputError::TooLarge { width, height: 1 }) if width == MAX_SIDE + 1)
+        );
+        // A 100-byte file claiming 8000x8000 (64 Mi pixels): refused from its header alone.
+        let mut bytes = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut bytes, 8000, 8000);
+            enc.set_color(png::ColorType::Rgba);
+            let mut writer = enc.write_header().unwrap();
+            writer.write_chunk(png::chunk::IDAT, &[0x78, 0x9c]).unwrap();
+        }
+        assert!(bytes.len() < 100);
+        assert!(matches!(
+            load_rgb8(&bytes, 32, 32),
+            Err(ImageInputError::TooLarge {
+                width: 8000,
+                height: 8000
+            })
+        ));
+    }
+
+    #[test]
+    fn model_input_is_normalized_chw() {
+        let model = Model::embedded().unwrap();
+        let img = RgbImage::from_pixel(64, 48, Rgb([255, 0, 128]));
+        let x = model_input(&png(img), &model).unwrap();
+        assert_eq!(x.len(), 3 * 32 * 32);
+        let (mean, std) = (&model.input().mean, &model.input().std);
+        for (c, v) in [255.0, 0.0, 128.0].into_iter().enumerate() {
+            let want = (v / 255.0 - mean[c]) / std[c];
+            assert!(x[c * 1024..(c + 1) * 1024]
+                .iter()
+                .all(|&t| (t - want).abs() < 1e-12));
+        }
+    }
+}
