@@ -30,15 +30,26 @@ class QuadAct(nn.Module):
         self.penalty = None
         self.max_abs = None
         self.track_max = False
+        # Clamping while training stabilizes the first epochs, but a network trained only clamped
+        # never sees what the quadratic does outside the range and blows up unclamped; the
+        # trainer turns the clamp off for the later epochs (`--no-clamp-from`).
+        self.clamp_in_training = True
+        # per-sample flag: all inputs of this activation within [-clip, clip] (evaluation)
+        self.in_range = None
 
     def forward(self, x):
         if self.track_max:
-            m = x.detach().abs().max()
+            ax = x.detach().abs()
+            # NaN-aware: a NaN anywhere makes the maximum NaN (torch.max propagates it)
+            m = ax.max()
             self.max_abs = m if self.max_abs is None else torch.maximum(self.max_abs, m)
+            ok = (ax <= self.clip).flatten(1).all(1)
+            self.in_range = ok if self.in_range is None else self.in_range & ok
         if self.training:
             # squared excess per sample, summed over the tensor (PAPER's weight 1e-3 is for a sum)
             self.penalty = F.relu(x.abs() - self.clip).pow(2).flatten(1).sum(1).mean()
-            x = x.clamp(-self.clip, self.clip)
+            if self.clamp_in_training:
+                x = x.clamp(-self.clip, self.clip)
         return (self.a * x + self.b) * x + self.c
 
 

@@ -54,19 +54,28 @@ def augment(batch_u8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model, x_u8, y, batch=500, track_max=False):
-    """Top-1 accuracy of the model as the homomorphic evaluation computes it: no clamp."""
+    """Top-1 accuracy of the model as the homomorphic evaluation computes it (no clamp), the
+    largest activation input per layer (NaN if any was NaN) and the fraction of images whose
+    activation inputs all stay within the clip range."""
     model.eval()
     acts = model.activations()
-    for a in acts:
-        a.track_max, a.max_abs = track_max, None
-    correct = 0
+    correct, in_range = 0, 0
+    maxes = [float("-inf")] * len(acts)
     for i in range(0, len(y), batch):
+        for a in acts:
+            a.track_max, a.max_abs, a.in_range = track_max, None, None
         logits = model(normalize(x_u8[i:i + batch]))
         correct += (logits.argmax(1) == y[i:i + batch]).sum().item()
-    maxes = [float(a.max_abs) for a in acts] if track_max else None
+        if track_max:
+            for k, a in enumerate(acts):
+                m = float(a.max_abs)
+                maxes[k] = float("nan") if math.isnan(m) or math.isnan(maxes[k]) else max(maxes[k], m)
+            flags = [a.in_range for a in acts if getattr(a, "in_range", None) is not None]
+            if flags:
+                in_range += torch.stack(flags).all(0).sum().item()
     for a in acts:
         a.track_max = False
-    return correct / len(y), maxes
+    return correct / len(y), (maxes if track_max else None), in_range / len(y)
 
 
 def main():
@@ -87,6 +96,9 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the training forward pass (CPU: ~1.5x)")
+    ap.add_argument("--no-clamp-from", type=int, default=0,
+                    help="from this epoch (1-based) on, train the exact unclamped function the encrypted "
+                         "evaluation computes (0: clamp throughout)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
     args = ap.parse_args()
 
@@ -95,6 +107,12 @@ def main():
         state = torch.load(args.resume, map_location="cpu", weights_only=False)
         saved = state["args"]
         saved["resume"], saved["max_steps"] = args.resume, args.max_steps
+        # schedule-independent knobs may change on resume when given explicitly
+        if args.no_clamp_from:
+            saved["no_clamp_from"] = args.no_clamp_from
+        saved.setdefault("no_clamp_from", 0)
+        if args.penalty != ap.get_default("penalty"):
+            saved["penalty"] = args.penalty
         if args.threads:
             saved["threads"] = args.threads
         args = argparse.Namespace(**saved)
@@ -128,6 +146,10 @@ def main():
         perm = torch.randperm(len(y_train), generator=gen)
         t0, tot_loss, tot_pen, correct, seen = time.time(), 0.0, 0.0, 0, 0
         ramp = min(1.0, (epoch + 1) / args.ramp_epochs) if args.ramp_epochs > 0 else 1.0
+        unclamped = bool(args.no_clamp_from) and epoch + 1 >= args.no_clamp_from
+        for a in model.activations():
+            a.clamp_in_training = not unclamped
+        skipped = 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
         for i in bar:
             idx = perm[i * args.batch:(i + 1) * args.batch]
@@ -140,7 +162,13 @@ def main():
                 pen = model.range_penalty().float()
             loss = ce + args.penalty * ramp * pen
             opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                # unclamped, a batch can overflow: skip it rather than poison the weights
+                skipped += 1
+                step += 1
+                continue
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             step += 1
             tot_loss += ce.item() * len(yb)
@@ -150,9 +178,11 @@ def main():
             bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
             if args.max_steps and step >= args.max_steps:
                 break
-        test_acc, maxes = evaluate(model, x_test, y_test, track_max=True)
-        rec = {"epoch": epoch + 1, "train_loss": tot_loss / seen, "train_acc": correct / seen,
-               "penalty": tot_pen / seen, "test_acc_jpeg75": test_acc, "max_act_input": max(maxes),
+        test_acc, maxes, in_range = evaluate(model, x_test, y_test, track_max=True)
+        worst = float("nan") if any(math.isnan(m) for m in maxes) else max(maxes)
+        rec = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
+               "penalty": tot_pen / max(seen, 1), "test_acc_jpeg75": test_acc, "max_act_input": worst,
+               "test_in_range": in_range, "clamped": not unclamped, "skipped_batches": skipped,
                "lr_end": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
         log.append(rec)
         print(json.dumps(rec), flush=True)
