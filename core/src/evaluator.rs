@@ -249,12 +249,11 @@ impl Evaluator {
         }
         let key = keys.relin()?;
         self.check_key(key, a.level)?;
-        let (u0, u1) = switch_key(&self.ctx, a.level, &a.c[2], key);
+        let (mut u0, mut u1) = switch_key(&self.ctx, a.level, &a.c[2], key);
         let basis = self.basis(a.level);
-        let (mut c0, mut c1) = (a.c[0].clone(), a.c[1].clone());
-        basis.add_assign(&mut c0, &u0);
-        basis.add_assign(&mut c1, &u1);
-        Ok(self.derived(vec![c0, c1], a.level, a.scale))
+        basis.add_assign(&mut u0, &a.c[0]);
+        basis.add_assign(&mut u1, &a.c[1]);
+        Ok(self.derived(vec![u0, u1], a.level, a.scale))
     }
 
     pub fn mul_relin(

@@ -11,8 +11,6 @@ pub trait NttBackend: Send + Sync {
     fn forward(&self, a: &mut [u64]);
     /// Normalized inverse: `inverse(forward(a)) == a`.
     fn inverse(&self, a: &mut [u64]);
-    /// Inverse without the 1/N factor, for callers that fold it into a later constant.
-    fn inverse_unnormalized(&self, a: &mut [u64]);
     /// `acc = acc + a * b` pointwise modulo the prime (inputs reduced): the gadget inner product
     /// of key switching, where the backend's vectorized modular product pays off.
     fn mul_accumulate(&self, acc: &mut [u64], a: &[u64], b: &[u64]);
@@ -40,11 +38,6 @@ impl NttBackend for TfheNtt {
     fn inverse(&self, a: &mut [u64]) {
         self.plan.inv(a);
         self.plan.normalize(a);
-    }
-
-    #[inline]
-    fn inverse_unnormalized(&self, a: &mut [u64]) {
-        self.plan.inv(a);
     }
 
     #[inline]
@@ -78,24 +71,24 @@ fn bit_reverse(x: u64, bits: u32) -> u64 {
     }
 }
 
-/// `X -> X^g` on a polynomial in coefficient form (signed permutation, negacyclic wrap).
-pub fn automorphism_coeff(a: &[u64], g: u64, q: u64, out: &mut [u64]) {
-    let n = a.len();
-    let two_n = 2 * n as u64;
-    for (i, &c) in a.iter().enumerate() {
-        let j = (i as u64 * g) % two_n;
-        if j < n as u64 {
-            out[j as usize] = c;
-        } else {
-            out[(j - n as u64) as usize] = if c == 0 { 0 } else { q - c };
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::arith::{ntt_primes, Modulus};
+
+    /// `X -> X^g` on a polynomial in coefficient form (signed permutation, negacyclic wrap).
+    fn automorphism_coeff(a: &[u64], g: u64, q: u64, out: &mut [u64]) {
+        let n = a.len();
+        let two_n = 2 * n as u64;
+        for (i, &c) in a.iter().enumerate() {
+            let j = (i as u64 * g) % two_n;
+            if j < n as u64 {
+                out[j as usize] = c;
+            } else {
+                out[(j - n as u64) as usize] = if c == 0 { 0 } else { q - c };
+            }
+        }
+    }
 
     fn negacyclic_mul(a: &[u64], b: &[u64], m: &Modulus) -> Vec<u64> {
         let n = a.len();

@@ -184,19 +184,6 @@ impl RnsBasis {
         });
     }
 
-    /// `acc += a * scalars` limb by limb.
-    pub fn mul_scalar_add_assign(&self, acc: &mut RnsPoly, a: &RnsPoly, scalars: &[u64]) {
-        self.check(acc);
-        self.check(a);
-        par::for_each_limb(&mut acc.data, self.n, |i, limb| {
-            let m = self.moduli[i];
-            let (w, ws) = (scalars[i], m.shoup(scalars[i]));
-            for (x, &y) in limb.iter_mut().zip(a.limb(i)) {
-                *x = m.add(*x, m.mul_shoup(y, w, ws));
-            }
-        });
-    }
-
     /// Adds the constant polynomial with residues `scalars` (in NTT form a constant is the same in
     /// every slot, so this is valid in both representations only for the NTT form).
     pub fn add_scalar_ntt_assign(&self, a: &mut RnsPoly, scalars: &[u64]) {
@@ -368,12 +355,6 @@ impl RnsPoly {
             n,
             data: vec![0; n * limbs],
         }
-    }
-
-    /// Wraps limb-major data (`data.len()` must be a multiple of `n`).
-    pub fn from_data(n: usize, data: Vec<u64>) -> Self {
-        assert!(n > 0 && data.len().is_multiple_of(n));
-        Self { n, data }
     }
 
     #[inline]
@@ -592,21 +573,15 @@ impl BasisConverter {
         out
     }
 
-    /// Exact conversion of `x in [0, B)`: the overflow count `u = floor(sum_i y_i / b_i)` is
-    /// recovered in floating point and subtracted. Where the result is divided by B afterwards
-    /// (ModDown), the approximate `u` would leave a bias of about |B|/2 in every coefficient, which
-    /// decryption multiplies by the secret key into structured error of order N*|B|: at a 2^25
-    /// scale that costs several bits.
-    pub fn convert_exact(&self, input: &RnsPoly) -> RnsPoly {
-        let mut out = self.to.zero();
-        let n = self.to.n();
-        self.convert_into(input, true, out.data.chunks_mut(n).collect(), |_, _| {});
-        out
-    }
-
     /// Writes target row j into `outs[j]` (coefficient form) and then calls `post(j, row)` on it
     /// while it is still in cache (callers put the NTT or the ModDown combine there). Writing in
     /// place spares the intermediate polynomials of the key-switching hot path.
+    ///
+    /// `exact`: for `x in [0, B)`, also subtract the overflow count `u = floor(sum_i y_i / b_i)`
+    /// (recovered in floating point, entering the kernel as one more term). Where the result is
+    /// divided by B afterwards (ModDown), the approximate `u` would leave a bias of about |B|/2 in
+    /// every coefficient, which decryption multiplies by the secret key into structured error of
+    /// order N*|B|: at a 2^25 scale that costs several bits.
     pub fn convert_into<F>(&self, input: &RnsPoly, exact: bool, mut outs: Vec<&mut [u64]>, post: F)
     where
         F: Fn(usize, &mut [u64]) + Sync + Send,
@@ -629,14 +604,19 @@ impl BasisConverter {
         });
         // The exact conversion's overflow count enters as one more term, with constant -B mod t.
         let overflow: Vec<u64> = if exact {
-            let mut v = vec![0f64; n];
-            for i in 0..self.from.len() {
-                let inv = self.inv_from_f64[i];
-                for (acc, &x) in v.iter_mut().zip(y.limb(i)) {
-                    *acc += x as f64 * inv;
+            // in parallel chunks: on the two-thread relinearization path this loop was serial
+            const CHUNK: usize = 4096;
+            let mut u = vec![0u64; n];
+            par::for_each_limb(&mut u, CHUNK.min(n), |c, out| {
+                let start = c * CHUNK.min(n);
+                for (k, o) in out.iter_mut().enumerate() {
+                    let v: f64 = (0..self.from.len())
+                        .map(|i| y.limb(i)[start + k] as f64 * self.inv_from_f64[i])
+                        .sum();
+                    *o = v.floor() as u64;
                 }
-            }
-            v.iter().map(|x| x.floor() as u64).collect()
+            });
+            u
         } else {
             Vec::new()
         };
