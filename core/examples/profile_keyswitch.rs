@@ -1,5 +1,7 @@
 //! Times the pieces of key switching separately (development aid; the criterion benches and
-//! peers_bench are the recorded measurements).
+//! peers_bench are the recorded measurements):
+//!
+//!     cargo run --release -p blindsight-core --example profile_keyswitch -- N16_D20 8 [THREADS]
 use std::time::Instant;
 
 use blindsight_core::keyswitch::{mod_down, Decomposition};
@@ -23,8 +25,12 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     blindsight_core::memory::keep_freed_memory();
+    let threads: usize = std::env::args()
+        .nth(3)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
+        .num_threads(threads)
         .build_global()
         .unwrap();
     let ctx = Context::named(&name).unwrap();
@@ -59,5 +65,12 @@ fn main() {
     let (b, _a) = dec.inner_product(&ctx, key);
     time("ModDown (1 poly)", iters, || mod_down(&ctx, top, &b));
     time("rotate", iters, || ev.rotate(&ct, 1, &keys).unwrap());
+    let mut relin_keys = EvaluationKeys::new(&ctx);
+    relin_keys.insert(kg.relin_key(top).unwrap()).unwrap();
+    let sq = ev.mul(&ct, &ct).unwrap();
+    time("tensor product", iters, || ev.mul(&ct, &ct).unwrap());
+    time("relinearize", iters, || {
+        ev.relinearize(&sq, &relin_keys).unwrap()
+    });
     time("rescale", iters, || ev.rescale(&ct).unwrap());
 }
