@@ -149,47 +149,21 @@ pub fn rsub_mul_const_in_place(a: &[u64], out: &mut [u64], w: u64, w_shoup52: u6
     }
 }
 
-/// `out[k] = (a[k] - b[k]) * w mod q` (or `a[k] * w` when `b` is None), `w < q`, inputs reduced.
-/// `w_shoup52 = floor(w * 2^52 / q)` serves the IFMA path, which needs `q < 2^50`.
-pub fn sub_mul_const(
-    a: &[u64],
-    b: Option<&[u64]>,
-    w: u64,
-    w_shoup52: u64,
-    q: &Modulus,
-    out: &mut [u64],
-) {
-    assert!(a.len() >= out.len() && b.is_none_or(|b| b.len() >= out.len()));
+/// `out[k] = a[k] * w mod q`, `w < q`, `a` reduced. `w_shoup52 = floor(w * 2^52 / q)` serves the
+/// IFMA path, which needs `q < 2^50`.
+pub fn mul_const(a: &[u64], w: u64, w_shoup52: u64, q: &Modulus, out: &mut [u64]) {
+    assert!(a.len() >= out.len());
     #[cfg(target_arch = "x86_64")]
     if has_ifma() && q.value() < IFMA_MAX_TARGET {
         let (n, dst) = (out.len(), out.as_mut_ptr());
-        // SAFETY: as above; `b` does not alias `out` (borrow rules).
-        unsafe {
-            sub_mul_const_ifma(
-                a.as_ptr(),
-                b.map(<[u64]>::as_ptr),
-                w,
-                w_shoup52,
-                q.value(),
-                dst,
-                n,
-            )
-        };
+        // SAFETY: as above.
+        unsafe { sub_mul_const_ifma(a.as_ptr(), None, w, w_shoup52, q.value(), dst, n) };
         return;
     }
     let _ = w_shoup52;
     let ws = q.shoup(w);
-    match b {
-        Some(b) => {
-            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-                *o = q.mul_shoup(q.sub(x, y), w, ws);
-            }
-        }
-        None => {
-            for (o, &x) in out.iter_mut().zip(a) {
-                *o = q.mul_shoup(x, w, ws);
-            }
-        }
+    for (o, &x) in out.iter_mut().zip(a) {
+        *o = q.mul_shoup(x, w, ws);
     }
 }
 
@@ -252,7 +226,7 @@ mod tests {
     use crate::arith::ntt_primes;
 
     #[test]
-    fn sub_mul_const_matches_scalar() {
+    fn constant_products_match_scalar() {
         for bits in [40u32, 50, 60] {
             let q = Modulus::new(ntt_primes(bits, 1 << 12, 1, &[]).unwrap()[0]);
             let n = 1003;
@@ -264,11 +238,7 @@ mod tests {
                 .collect();
             let w = q.value() - 12345;
             let mut got = vec![0; n];
-            sub_mul_const(&a, Some(&b), w, shoup52(w, q.value()), &q, &mut got);
-            for k in 0..n {
-                assert_eq!(got[k], q.mul(q.sub(a[k], b[k]), w), "bits {bits}");
-            }
-            sub_mul_const(&a, None, w, shoup52(w, q.value()), &q, &mut got);
+            mul_const(&a, w, shoup52(w, q.value()), &q, &mut got);
             for k in 0..n {
                 assert_eq!(got[k], q.mul(a[k], w));
             }

@@ -593,14 +593,7 @@ impl BasisConverter {
         par::for_each_limb(&mut y.data, n, |i, limb| {
             let m = self.from.modulus(i);
             let w = self.inv_punctured[i].0;
-            kernels::sub_mul_const(
-                input.limb(i),
-                None,
-                w,
-                kernels::shoup52(w, m.value()),
-                m,
-                limb,
-            );
+            kernels::mul_const(input.limb(i), w, kernels::shoup52(w, m.value()), m, limb);
         });
         // The exact conversion's overflow count enters as one more term, with constant -B mod t.
         let overflow: Vec<u64> = if exact {
