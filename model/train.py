@@ -96,6 +96,9 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the training forward pass (CPU: ~1.5x)")
+    ap.add_argument("--best-max-act", type=float, default=100.0,
+                    help="best.pt only among epochs whose largest unclamped activation input is below this "
+                         "(a model that blows up on some image cannot be evaluated homomorphically)")
     ap.add_argument("--no-clamp-from", type=int, default=0,
                     help="from this epoch (1-based) on, train the exact unclamped function the encrypted "
                          "evaluation computes (0: clamp throughout)")
@@ -113,6 +116,7 @@ def main():
         saved.setdefault("no_clamp_from", 0)
         if args.penalty != ap.get_default("penalty"):
             saved["penalty"] = args.penalty
+        saved["best_max_act"] = args.best_max_act
         if args.threads:
             saved["threads"] = args.threads
         args = argparse.Namespace(**saved)
@@ -137,7 +141,11 @@ def main():
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        start_epoch, log, best = state["epoch"], state["log"], state.get("best", 0.0)
+        start_epoch, log = state["epoch"], state["log"]
+        # recomputed under the current criterion (older runs kept exploding epochs as best)
+        best = max((r["test_acc_jpeg75"] for r in log
+                    if r["max_act_input"] == r["max_act_input"] and r["max_act_input"] < args.best_max_act),
+                   default=0.0)
         gen.set_state(state["gen"])
 
     step = start_epoch * steps_per_epoch
@@ -188,12 +196,13 @@ def main():
         print(json.dumps(rec), flush=True)
         with open(os.path.join(args.out, "log.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
+        is_best = test_acc > best and worst < args.best_max_act
+        best = test_acc if is_best else best
         ckpt = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "log": log,
-                "args": vars(args), "gen": gen.get_state(), "best": max(best, test_acc)}
+                "args": vars(args), "gen": gen.get_state(), "best": best}
         torch.save(ckpt, os.path.join(args.out, "last.pt.tmp"))
         os.replace(os.path.join(args.out, "last.pt.tmp"), os.path.join(args.out, "last.pt"))
-        if test_acc > best:
-            best = test_acc
+        if is_best:
             torch.save(ckpt, os.path.join(args.out, "best.pt"))
         if args.max_steps and step >= args.max_steps:
             break
