@@ -83,6 +83,8 @@ def main():
     ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--out", default="model/runs/resnet20q")
     ap.add_argument("--resume", help="checkpoint to continue (its arguments are reused)")
+    ap.add_argument("--init-from", help="checkpoint whose weights start a new run (fresh optimizer and schedule: "
+                                         "fine-tuning a finished run)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
@@ -147,6 +149,8 @@ def main():
                     if r["max_act_input"] == r["max_act_input"] and r["max_act_input"] < args.best_max_act),
                    default=0.0)
         gen.set_state(state["gen"])
+    elif args.init_from:
+        model.load_state_dict(torch.load(args.init_from, map_location="cpu", weights_only=False)["model"])
 
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, args.epochs):

@@ -55,6 +55,8 @@ pub enum CkksError {
     Degree(usize),
     #[error("rotation-and-sum needs a power-of-two count, got {0}")]
     Count(usize),
+    #[error("tensor does not fit its slot layout: {0}")]
+    Layout(String),
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

@@ -5,8 +5,9 @@
 //! channel-major (CHW), the layout the network's weights are stored in; decoded images arrive
 //! interleaved (HWC), CIFAR records planar (CHW), and both are supported.
 //!
-//! The mapping of this tensor into CKKS slots (the packing) comes later, in this module, once the
-//! encrypted convolution's layout is fixed.
+//! `SlotLayout` maps such a tensor into the slots of one ciphertext: the browser places the image
+//! with it, the server plans every intermediate tensor with it, and the browser reads the logits
+//! back with it.
 
 use std::fmt;
 
@@ -19,6 +20,8 @@ pub enum LayoutError {
     InvalidStatistic { channel: usize, mean: f64, std: f64 },
     /// The pixel buffer does not hold `channels * height * width` bytes.
     Length { expected: usize, found: usize },
+    /// A slot layout whose geometry does not fit or does not tile the slots.
+    Geometry(String),
 }
 
 impl fmt::Display for LayoutError {
@@ -35,6 +38,7 @@ impl fmt::Display for LayoutError {
             Self::Length { expected, found } => {
                 write!(f, "pixel buffer holds {found} bytes, expected {expected}")
             }
+            Self::Geometry(detail) => write!(f, "slot layout: {detail}"),
         }
     }
 }
@@ -130,6 +134,208 @@ impl Normalization {
             });
         }
         Ok(plane)
+    }
+}
+
+/// Where each element of a `(channels, height, width)` tensor lives in the slots of one ciphertext.
+///
+/// Channel `c` occupies block `c % blocks` (a block is `block` slots, a map of rows of `row` slots);
+/// element `(y, x)` sits at row `y * gap`, column `x * gap`. A map shrunk by strided convolutions keeps
+/// its gaps (`gap` > 1) instead of being repacked, and channels beyond `blocks` fill those gaps: channel
+/// `c` takes sub-position `s = c / blocks` at row offset `s / gap` and column offset `s % gap`. The
+/// whole pattern is shifted by `offset` (cyclically), which lets a linear layer pick an output position
+/// that keeps its rotation amounts small, and repeats every `blocks * block` slots: the tensor is
+/// replicated across the slots, so a rotation by less than one period reads valid data everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SlotLayout {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Slots of the ciphertext (N/2).
+    pub slots: usize,
+    /// Slots per channel block.
+    pub block: usize,
+    /// Slots per map row.
+    pub row: usize,
+    /// Distance between neighbouring elements of a map, in rows and columns.
+    pub gap: usize,
+    /// Distinct channel blocks before the pattern repeats.
+    pub blocks: usize,
+    /// Cyclic shift of the whole pattern.
+    pub offset: usize,
+}
+
+impl SlotLayout {
+    /// Checks that every element gets its own slot and that the pattern tiles the slots (build the
+    /// struct, then validate it; the offset is taken modulo the slots).
+    pub fn validated(self) -> Result<Self, LayoutError> {
+        let Self {
+            channels,
+            height,
+            width,
+            slots,
+            block,
+            row,
+            gap,
+            blocks,
+            offset,
+        } = self;
+        let bad = |d: String| Err(LayoutError::Geometry(d));
+        if [channels, height, width, slots, block, row, gap, blocks].contains(&0) {
+            return bad("every size must be positive".into());
+        }
+        let per_block = blocks.checked_mul(gap * gap);
+        if per_block.is_none_or(|p| p < channels) {
+            return bad(format!(
+                "{channels} channels do not fit {blocks} blocks with gap {gap}"
+            ));
+        }
+        if width.saturating_mul(gap) > row {
+            return bad(format!(
+                "{width} columns with gap {gap} exceed a row of {row} slots"
+            ));
+        }
+        if height.saturating_mul(gap).saturating_mul(row) > block {
+            return bad(format!(
+                "{height} rows with gap {gap} of {row} slots exceed a block of {block}"
+            ));
+        }
+        let period = blocks.saturating_mul(block);
+        if period > slots || !slots.is_multiple_of(period) {
+            return bad(format!(
+                "the period {blocks} x {block} does not divide {slots} slots"
+            ));
+        }
+        Ok(Self {
+            channels,
+            height,
+            width,
+            slots,
+            block,
+            row,
+            gap,
+            blocks,
+            offset: offset % slots,
+        })
+    }
+
+    /// The plain layout of a map of `height x width` with one channel per block of
+    /// `next_power_of_two(height * width)` slots: how an image is first placed.
+    pub fn dense(
+        channels: usize,
+        height: usize,
+        width: usize,
+        slots: usize,
+    ) -> Result<Self, LayoutError> {
+        let row = width.next_power_of_two();
+        let block = (height.next_power_of_two()).saturating_mul(row);
+        let blocks = channels
+            .next_power_of_two()
+            .min(slots / block.max(1))
+            .max(1);
+        Self {
+            channels,
+            height,
+            width,
+            slots,
+            block,
+            row,
+            gap: 1,
+            blocks,
+            offset: 0,
+        }
+        .validated()
+    }
+
+    /// The same geometry for a tensor of another shape and gap: the layout of a layer's output.
+    /// Channels take `next_power_of_two(channels)` blocks, or as many as the slots hold (the rest
+    /// fill gaps).
+    pub fn derive(
+        &self,
+        channels: usize,
+        height: usize,
+        width: usize,
+        gap: usize,
+    ) -> Result<Self, LayoutError> {
+        let blocks = channels
+            .next_power_of_two()
+            .min(self.slots / self.block)
+            .max(1);
+        Self {
+            channels,
+            height,
+            width,
+            gap,
+            blocks,
+            ..self.clone()
+        }
+        .validated()
+    }
+
+    /// This layout shifted by `delta` slots (cyclically).
+    pub fn shifted(&self, delta: i64) -> Self {
+        let s = self.slots as i64;
+        Self {
+            offset: (self.offset as i64 + delta).rem_euclid(s) as usize,
+            ..self.clone()
+        }
+    }
+
+    /// Slots between two copies of the tensor.
+    pub fn period(&self) -> usize {
+        self.blocks * self.block
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The slot of element `(c, y, x)` in the first copy.
+    pub fn slot(&self, c: usize, y: usize, x: usize) -> usize {
+        let (b, s) = (c % self.blocks, c / self.blocks);
+        let pos =
+            b * self.block + (y * self.gap + s / self.gap) * self.row + x * self.gap + s % self.gap;
+        (pos + self.offset) % self.slots
+    }
+
+    /// The slot of the element at flat CHW index `i` in the first copy.
+    pub fn slot_of(&self, i: usize) -> usize {
+        let hw = self.height * self.width;
+        self.slot(i / hw, (i % hw) / self.width, i % self.width)
+    }
+
+    /// Places a CHW tensor into a slot vector (every copy; other slots zero).
+    pub fn place(&self, tensor: &[f64]) -> Result<Vec<f64>, LayoutError> {
+        if tensor.len() != self.len() {
+            return Err(LayoutError::Length {
+                expected: self.len(),
+                found: tensor.len(),
+            });
+        }
+        let mut slots = vec![0.0; self.slots];
+        for (i, &v) in tensor.iter().enumerate() {
+            let s = self.slot_of(i);
+            for k in 0..self.slots / self.period() {
+                slots[(s + k * self.period()) % self.slots] = v;
+            }
+        }
+        Ok(slots)
+    }
+
+    /// Reads the CHW tensor back from the first copy.
+    pub fn extract(&self, slots: &[f64]) -> Result<Vec<f64>, LayoutError> {
+        if slots.len() != self.slots {
+            return Err(LayoutError::Length {
+                expected: self.slots,
+                found: slots.len(),
+            });
+        }
+        Ok((0..self.len()).map(|i| slots[self.slot_of(i)]).collect())
     }
 }
 
@@ -229,5 +435,55 @@ mod tests {
         }
         .to_string()
         .contains("expected 3"));
+    }
+
+    /// channels, height, width, slots, block, row, gap, blocks, offset
+    fn lay(
+        [channels, height, width, slots, block, row, gap, blocks, offset]: [usize; 9],
+    ) -> Result<SlotLayout, LayoutError> {
+        SlotLayout {
+            channels,
+            height,
+            width,
+            slots,
+            block,
+            row,
+            gap,
+            blocks,
+            offset,
+        }
+        .validated()
+    }
+
+    #[test]
+    fn slot_layout_gives_every_element_its_own_slot() {
+        // 16 channels of 8x8 with gap 2 in blocks of 256: 8 blocks, the rest in the gaps.
+        let l = lay([16, 8, 8, 4096, 256, 16, 2, 8, 4090]).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..l.len() {
+            assert!(seen.insert(l.slot_of(i)), "slot of {i} taken twice");
+        }
+        let t: Vec<f64> = (0..l.len()).map(|i| i as f64).collect();
+        let slots = l.place(&t).unwrap();
+        assert_eq!(l.extract(&slots).unwrap(), t);
+        // replicated every period
+        for (i, &v) in t.iter().enumerate() {
+            let s = l.slot_of(i);
+            assert_eq!(slots[(s + l.period()) % l.slots], v);
+        }
+        assert_eq!(l.shifted(10).slot(0, 0, 0), (l.slot(0, 0, 0) + 10) % 4096);
+    }
+
+    #[test]
+    fn slot_layout_refuses_what_does_not_fit() {
+        assert!(lay([17, 8, 8, 4096, 256, 16, 2, 4, 0]).is_err());
+        assert!(lay([4, 8, 9, 4096, 256, 16, 2, 4, 0]).is_err());
+        assert!(lay([4, 8, 8, 4096, 128, 16, 2, 4, 0]).is_err());
+        assert!(lay([3, 8, 8, 4096, 256, 16, 1, 3, 0]).is_err());
+        assert!(lay([0, 8, 8, 4096, 256, 16, 1, 4, 0]).is_err());
+        let l = SlotLayout::dense(3, 32, 32, 32768).unwrap();
+        assert_eq!((l.block, l.blocks, l.period()), (1024, 4, 4096));
+        assert!(l.place(&[0.0; 5]).is_err());
+        assert!(l.extract(&[0.0; 5]).is_err());
     }
 }

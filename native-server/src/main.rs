@@ -5,10 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use std::time::Instant;
+
+use blindsight_server::bench::{self, Session};
+use blindsight_server::cifar;
+use blindsight_server::he::client::{decrypt_logits, encrypt_input, evaluation_key_bytes};
+use blindsight_server::he::infer::evaluate;
+use blindsight_server::he::plan::{Plan, StepKind};
 use blindsight_server::image_input::model_input;
 use blindsight_server::model::Model;
 use blindsight_server::plain::{forward, softmax};
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
 #[command(
@@ -25,22 +33,78 @@ struct Cli {
 enum Command {
     /// Classify an image and print the class probabilities.
     Classify(ClassifyArgs),
+    /// Benchmark the encrypted pipeline on CIFAR-10 test images: latency per layer, memory, key
+    /// sizes, agreement with the plaintext model and accuracy.
+    Bench(BenchArgs),
+    /// Print the homomorphic evaluation plan: layouts, levels, rotations and keys per layer.
+    Plan(PlanArgs),
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// Model directory [default: the built-in model].
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// CKKS parameter set.
+    #[arg(long, default_value = "N16_L39")]
+    params: String,
 }
 
 #[derive(Args)]
 struct ClassifyArgs {
-    /// Classify IMAGE (PNG or JPEG) in the clear, with the f64 reference forward pass.
+    /// Classify IMAGE (PNG or JPEG, any size) encrypted: keys, encryption, the homomorphic network,
+    /// decryption, all in this process (the way to try the system without a browser).
+    #[arg(
+        value_name = "IMAGE",
+        required_unless_present = "plaintext",
+        conflicts_with = "plaintext"
+    )]
+    image: Option<PathBuf>,
+    /// Classify IMAGE in the clear, with the f64 reference forward pass.
     #[arg(long, value_name = "IMAGE")]
-    plaintext: PathBuf,
+    plaintext: Option<PathBuf>,
     /// Model directory holding manifest.json and weights.safetensors [default: the built-in model].
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// CKKS parameter set for the encrypted path.
+    #[arg(long, default_value = "N16_L39")]
+    params: String,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// CIFAR-10 directory (with jpeg75/test_batch.bin and exact_prefix/).
+    #[arg(long, value_name = "DIR", default_value = "../shared/data/cifar10")]
+    data: PathBuf,
+    /// Number of test images.
+    #[arg(long, default_value_t = 1)]
+    images: usize,
+    /// Skip this many test images first.
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
+    /// Use the true-pixel test images (exact_prefix) instead of the JPEG-75 test batch.
+    #[arg(long)]
+    exact: bool,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Model directory [default: the built-in model].
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// CKKS parameter set.
+    #[arg(long, default_value = "N16_L39")]
+    params: String,
 }
 
 /// Errors print as one line with their context chain (`a: b: c`), whatever RUST_BACKTRACE says.
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Classify(args) => classify(&args),
+        Command::Plan(args) => plan(&args),
+        Command::Bench(args) => bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,11 +126,47 @@ fn load_model(dir: Option<&Path>) -> anyhow::Result<Model> {
 
 fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     let model = load_model(args.model.as_deref())?;
-    let path = &args.plaintext;
+    let path = args
+        .plaintext
+        .as_ref()
+        .or(args.image.as_ref())
+        .context("no image given")?;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let input =
         model_input(&bytes, &model).with_context(|| format!("reading {}", path.display()))?;
-    let logits = forward(&model, &input)?;
+    let (logits, timings) = if args.plaintext.is_some() {
+        (forward(&model, &input)?, String::new())
+    } else {
+        let t0 = Instant::now();
+        let session = Session::new(&model, &args.params)?;
+        let setup = t0.elapsed();
+        let t1 = Instant::now();
+        let ct = encrypt_input(&session.ctx, &session.sk, &session.plan, &input)?;
+        let encrypt = t1.elapsed();
+        let ev = blindsight_core::Evaluator::new(&session.ctx);
+        let bar = step_bar(session.plan.steps.len() as u64, "evaluating");
+        let t2 = Instant::now();
+        let (out, _) = evaluate(&session.plan, &model, &ev, &session.keys, &ct, |i, _, _| {
+            bar.set_position(i as u64)
+        })?;
+        let eval = t2.elapsed();
+        bar.finish_and_clear();
+        let t3 = Instant::now();
+        let logits = decrypt_logits(&session.ctx, &session.sk, &session.plan, &out)?;
+        let decrypt = t3.elapsed();
+        let timings = format!(
+            "encrypted with {} ({} rotation keys, {:.1} MB of evaluation keys)\n\
+             timings: keys {:.2} s, encrypt {:.2} s, encrypted network {:.2} s, decrypt {:.3} s\n",
+            session.plan.params,
+            session.plan.rotations.len(),
+            evaluation_key_bytes(&session.ctx, &session.plan) as f64 / 1e6,
+            setup.as_secs_f64(),
+            encrypt.as_secs_f64(),
+            eval.as_secs_f64(),
+            decrypt.as_secs_f64()
+        );
+        (logits, timings)
+    };
     let classes = &model.metadata().classes;
     let mut ranked: Vec<(&str, f64)> = classes
         .iter()
@@ -82,7 +182,171 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     for (class, p) in &ranked {
         report += &format!("  {class:width$}  {p:.4}\n");
     }
+    report += &timings;
     print_stdout(&report)
+}
+
+fn step_bar(len: u64, msg: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{elapsed_precise}] {bar:40} {pos}/{len}")
+            .expect("static template"),
+    );
+    bar.set_message(msg);
+    bar
+}
+
+fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("starting the thread pool")?;
+    let model = load_model(args.model.as_deref())?;
+    let path = cifar::test_batch(&args.data, args.exact);
+    let records = cifar::read(&path, args.skip, args.images)?;
+    if records.is_empty() {
+        anyhow::bail!(
+            "no images in {} after skipping {}",
+            path.display(),
+            args.skip
+        );
+    }
+    eprintln!(
+        "{} images from {}, {threads} threads, parameters {}",
+        records.len(),
+        path.display(),
+        args.params
+    );
+    let session = Session::new(&model, &args.params)?;
+    eprintln!(
+        "keys: {:.2} s for {} rotation keys + relinearization, {:.1} MB",
+        session.keygen.as_secs_f64(),
+        session.plan.rotations.len(),
+        evaluation_key_bytes(&session.ctx, &session.plan) as f64 / 1e6
+    );
+    let steps = session.plan.steps.len() as u64;
+    let bar = step_bar(steps * records.len() as u64, "images");
+    let mut results = Vec::with_capacity(records.len());
+    for (k, rec) in records.iter().enumerate() {
+        let input = model.normalization().normalize_chw(&rec.pixels, 32, 32)?;
+        let r = session.run(&model, &input, rec.label, |i, _| {
+            bar.set_position(k as u64 * steps + i as u64)
+        })?;
+        bar.println(format!(
+            "image {}: label {} plaintext {} encrypted {}, {:.2} s, logit error {:.1e}",
+            args.skip + k,
+            r.label,
+            r.plain_label,
+            r.he_label,
+            r.eval.as_secs_f64(),
+            r.max_abs_logit_error
+        ));
+        results.push(r);
+    }
+    bar.finish_and_clear();
+    let report = bench::report(&session, &model, &results, threads);
+    let mut out = format!(
+        "{:<24} {:>6} {:>9} {:>5} {:>7} {:>5} {:>6} {:>5}\n",
+        "layer", "kind", "time (s)", "level", "log2 sc", "rots", "pmults", "mults"
+    );
+    for l in report["layers"].as_array().into_iter().flatten() {
+        out += &format!(
+            "{:<24} {:>6} {:>9.3} {:>5} {:>7.1} {:>5} {:>6} {:>5}\n",
+            l["name"].as_str().unwrap_or(""),
+            l["kind"].as_str().unwrap_or(""),
+            l["seconds"].as_f64().unwrap_or(f64::NAN),
+            l["level"],
+            l["log2_scale"].as_f64().unwrap_or(f64::NAN),
+            l["rotations"],
+            l["plain_mults"],
+            l["ct_mults"]
+        );
+    }
+    let totals = report.as_object().expect("report is an object");
+    for key in [
+        "images",
+        "threads",
+        "latency_s",
+        "encrypt_s",
+        "decrypt_s",
+        "keygen_s",
+        "eval_key_bytes",
+        "rotation_keys",
+        "ciphertext_bytes",
+        "peak_rss_bytes",
+        "max_abs_logit_error",
+        "agreement",
+        "accuracy",
+        "plaintext_accuracy",
+    ] {
+        out += &format!("{key}: {}\n", totals[key]);
+    }
+    print_stdout(&out)?;
+    if let Some(file) = &args.json {
+        std::fs::write(file, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(())
+}
+
+fn plan(args: &PlanArgs) -> anyhow::Result<()> {
+    let model = load_model(args.model.as_deref())?;
+    let ctx = blindsight_core::Context::named(&args.params)
+        .with_context(|| format!("parameter set {}", args.params))?;
+    let plan = Plan::new(&model, &ctx)?;
+    print_stdout(&describe_plan(&plan, &ctx))
+}
+
+/// The plan as a table: one row per step, then the keys.
+fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context) -> String {
+    let mut s = format!(
+        "parameters {}: N = {}, {} levels; input at level {}, scale 2^{:.0}\n",
+        plan.params,
+        ctx.n(),
+        ctx.max_level(),
+        plan.input_level,
+        plan.input_scale.log2()
+    );
+    s += &format!(
+        "{:<24} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6}  layout\n",
+        "step", "kind", "level", "babies", "giants", "rots", "diags"
+    );
+    let (mut rots, mut diags) = (0, 0);
+    for st in &plan.steps {
+        let (kind, b, g, r, d) = match &st.kind {
+            StepKind::Linear { lin, .. } => (
+                "linear",
+                lin.babies.len(),
+                lin.giants,
+                lin.rotation_count(),
+                lin.diagonals,
+            ),
+            StepKind::Activation { .. } => ("square", 0, 0, 0, 0),
+            StepKind::Add { .. } => ("add", 0, 0, 0, 0),
+            StepKind::Pool { amounts, .. } => ("pool", 0, 0, amounts.len(), 0),
+        };
+        rots += r;
+        diags += d;
+        let l = &st.value.layout;
+        s += &format!(
+            "{:<24} {kind:>6} {:>5} {b:>6} {g:>6} {r:>6} {d:>6}  {}x{}x{} gap {} blocks {} offset {}\n",
+            st.name, st.value.level, l.channels, l.height, l.width, l.gap, l.blocks, l.offset
+        );
+    }
+    s += &format!("total: {rots} rotations, {diags} plaintext multiplications\n");
+    s += &format!("rotation keys ({}):", plan.rotations.len());
+    for (a, l) in &plan.rotations {
+        s += &format!(" {a}@{l}");
+    }
+    s += &format!(
+        "\nevaluation keys: {:.1} MB (relinearization at level {:?})\n",
+        evaluation_key_bytes(ctx, plan) as f64 / 1e6,
+        plan.relin_level
+    );
+    s
 }
 
 /// Writes to stdout; a reader that stopped early (`| head`) is not an error.

@@ -15,6 +15,16 @@ pub struct InputSizeError {
 
 /// Runs the model on a normalized CHW input and returns the output node's values (the logits).
 pub fn forward(model: &Model, input: &[f64]) -> Result<Vec<f64>, InputSizeError> {
+    let mut values = run(model, input, false)?;
+    Ok(std::mem::take(&mut values[model.output()]))
+}
+
+/// Every node's output, in node order: the reference for checking intermediate values.
+pub fn forward_all(model: &Model, input: &[f64]) -> Result<Vec<Vec<f64>>, InputSizeError> {
+    run(model, input, true)
+}
+
+fn run(model: &Model, input: &[f64], keep: bool) -> Result<Vec<Vec<f64>>, InputSizeError> {
     let input_shape = model.input_shape();
     if input.len() != input_shape.size() {
         return Err(InputSizeError {
@@ -56,13 +66,13 @@ pub fn forward(model: &Model, input: &[f64]) -> Result<Vec<f64>, InputSizeError>
         values.push(out);
         for src in &node.inputs {
             if let Source::Node(j) = *src {
-                if last_use[j] == i {
+                if last_use[j] == i && !keep {
                     values[j] = Vec::new();
                 }
             }
         }
     }
-    Ok(std::mem::take(&mut values[model.output()]))
+    Ok(values)
 }
 
 /// Numerically stable softmax: class probabilities from logits.

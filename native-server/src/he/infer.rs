@@ -1,0 +1,190 @@
+//! Server-side evaluation of a plan on an encrypted input. Holds no secret key and has no decrypt
+//! path: what goes in and what comes out are ciphertexts.
+
+use std::time::{Duration, Instant};
+
+use blindsight_core::layout::SlotLayout;
+use blindsight_core::{Ciphertext, CkksError, EvaluationKeys, Evaluator, Plaintext};
+
+use crate::he::linear::OpCounts;
+use crate::he::plan::{Plan, Ref, StepKind};
+use crate::model::Model;
+
+/// Why an evaluation stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("the input ciphertext is at level {found}, the plan needs {expected}")]
+    InputLevel { expected: usize, found: usize },
+    #[error("the input ciphertext has scale 2^{found:.2}, the plan needs 2^{expected:.2}")]
+    InputScale { expected: f64, found: f64 },
+    #[error("step {step}: {source}")]
+    Ckks {
+        step: String,
+        #[source]
+        source: CkksError,
+    },
+}
+
+/// Time and work of one step, for the per-layer table.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub name: String,
+    pub kind: &'static str,
+    pub time: Duration,
+    /// Level and log2 scale of the value produced.
+    pub level: usize,
+    pub log_scale: f64,
+    pub counts: OpCounts,
+}
+
+/// Runs every step of `plan` on `input`; returns the output ciphertext (logits, offsets added) and
+/// a report per step. `progress` is called after each step with (done, total, the step's value).
+pub fn evaluate(
+    plan: &Plan,
+    model: &Model,
+    ev: &Evaluator,
+    keys: &EvaluationKeys,
+    input: &Ciphertext,
+    mut progress: impl FnMut(usize, usize, &Ciphertext),
+) -> Result<(Ciphertext, Vec<StepReport>), InferError> {
+    if input.level != plan.input_level {
+        return Err(InferError::InputLevel {
+            expected: plan.input_level,
+            found: input.level,
+        });
+    }
+    if (input.scale / plan.input_scale - 1.0).abs() > 1e-9 {
+        return Err(InferError::InputScale {
+            expected: plan.input_scale.log2(),
+            found: input.scale.log2(),
+        });
+    }
+    let ctx = ev.context().clone();
+    // last reader of every step's value, to free ciphertexts early
+    let n = plan.steps.len();
+    let mut last_use: Vec<usize> = (0..n).collect();
+    for (i, st) in plan.steps.iter().enumerate() {
+        for r in refs(&st.kind) {
+            if let Ref::Step(j) = r {
+                last_use[j] = i;
+            }
+        }
+    }
+    last_use[plan.output_step] = usize::MAX;
+    let mut values: Vec<Option<Ciphertext>> = vec![None; n];
+    let mut reports = Vec::with_capacity(n);
+    for (i, st) in plan.steps.iter().enumerate() {
+        let t0 = Instant::now();
+        let mut counts = OpCounts::default();
+        let get = |r: Ref, values: &[Option<Ciphertext>]| -> Ciphertext {
+            match r {
+                Ref::Input => input.clone(),
+                Ref::Step(j) => values[j].clone().expect("value kept until its last use"),
+            }
+        };
+        let wrap = |source: CkksError| InferError::Ckks {
+            step: st.name.clone(),
+            source,
+        };
+        let (out, kind) = match &st.kind {
+            StepKind::Linear { input: r, lin } => {
+                let x = get(*r, &values);
+                (
+                    lin.apply(model, ev, keys, &x, &mut counts).map_err(wrap)?,
+                    "linear",
+                )
+            }
+            StepKind::Activation { input: r, beta } => {
+                let x = get(*r, &values);
+                let pt =
+                    encode_tensor(&ctx, &st.value.layout, beta, x.level, x.scale).map_err(wrap)?;
+                let v = ev.add_plain(&x, &pt).map_err(wrap)?;
+                counts.ct_mults += 1;
+                (ev.square_relin(&v, keys).map_err(wrap)?, "square")
+            }
+            StepKind::Add { inputs } => {
+                let a = get(inputs[0], &values);
+                let b = get(inputs[1], &values);
+                let b = if b.level > a.level {
+                    ev.drop_level(&b, a.level).map_err(wrap)?
+                } else {
+                    b
+                };
+                let a = if a.level > b.level {
+                    ev.drop_level(&a, b.level).map_err(wrap)?
+                } else {
+                    a
+                };
+                (ev.add(&a, &b).map_err(wrap)?, "add")
+            }
+            StepKind::Pool { input: r, amounts } => {
+                let mut acc = get(*r, &values);
+                for &a in amounts {
+                    let rot = ev.rotate(&acc, a as i64, keys).map_err(wrap)?;
+                    counts.rotations += 1;
+                    ev.add_assign(&mut acc, &rot).map_err(wrap)?;
+                }
+                (acc, "pool")
+            }
+        };
+        reports.push(StepReport {
+            name: st.name.clone(),
+            kind,
+            time: t0.elapsed(),
+            level: out.level,
+            log_scale: out.scale.log2(),
+            counts,
+        });
+        progress(i + 1, n, &out);
+        values[i] = Some(out);
+        for r in refs(&st.kind) {
+            if let Ref::Step(j) = r {
+                if last_use[j] == i {
+                    values[j] = None;
+                }
+            }
+        }
+    }
+    let out = values[plan.output_step]
+        .take()
+        .expect("the output step was evaluated");
+    let pt = encode_tensor(
+        &ctx,
+        plan.output_layout(),
+        &plan.output_offset,
+        out.level,
+        out.scale,
+    )
+    .map_err(|source| InferError::Ckks {
+        step: "output offset".into(),
+        source,
+    })?;
+    let out = ev.add_plain(&out, &pt).map_err(|source| InferError::Ckks {
+        step: "output offset".into(),
+        source,
+    })?;
+    Ok((out, reports))
+}
+
+fn refs(kind: &StepKind) -> Vec<Ref> {
+    match kind {
+        StepKind::Linear { input, .. }
+        | StepKind::Activation { input, .. }
+        | StepKind::Pool { input, .. } => vec![*input],
+        StepKind::Add { inputs } => inputs.to_vec(),
+    }
+}
+
+/// A per-element tensor placed by `layout` and encoded as a plaintext.
+pub fn encode_tensor(
+    ctx: &blindsight_core::Context,
+    layout: &SlotLayout,
+    tensor: &[f64],
+    level: usize,
+    scale: f64,
+) -> Result<Plaintext, CkksError> {
+    let slots = layout
+        .place(tensor)
+        .map_err(|e| CkksError::Layout(e.to_string()))?;
+    Plaintext::encode_real(ctx, &slots, level, scale)
+}

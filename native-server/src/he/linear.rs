@@ -1,0 +1,420 @@
+//! Linear layers on one packed ciphertext: the generalized diagonal method with a baby-step /
+//! giant-step split and a Horner chain over the giant steps.
+//!
+//! A linear map `out = M in` between two slot layouts is `sum_a d_a * rot_a(in)` over the rotation
+//! amounts `a = slot(in) - slot(out)`. Writing `a = g*G + b` (`G` = one channel block), the baby
+//! amounts `b` are the few spatial shifts of a convolution kernel and the giant steps `g` the channel
+//! offsets: `out = V_0 + rot_G(V_1 + rot_G(V_2 + ...))` with `V_g = sum_b rot_{-gG}(d_{gG+b}) * rot_b(in)`.
+//! Baby rotations are composed from power-of-two steps along a shared prefix tree (hoisted per parent)
+//! and the giant chain uses the single amount `G`, so a whole network needs only a handful of keys.
+//! All amounts are non-negative left rotations: the planner shifts output layouts to make them so.
+
+use std::collections::HashMap;
+
+use blindsight_core::layout::SlotLayout;
+use blindsight_core::{Ciphertext, CkksError, Context, EvaluationKeys, Evaluator, Plaintext};
+use rayon::prelude::*;
+
+use crate::model::{Model, Op};
+
+/// The linear operator a step applies, by model node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operator {
+    /// A `Conv2d` node.
+    Conv(usize),
+    /// A `Linear` node reading a pooled vector.
+    Dense(usize),
+    /// The identity (moving a value to another layout, level or multiplier).
+    Identity,
+}
+
+impl Operator {
+    /// Calls `f(input_element, weight)` for every term of output element `out` (flat CHW indices).
+    pub fn terms(&self, model: &Model, out: usize, mut f: impl FnMut(usize, f64)) {
+        match *self {
+            Operator::Conv(node) => {
+                let Op::Conv2d(c) = &model.nodes()[node].op else {
+                    unreachable!("planner checked the node kind")
+                };
+                let plane = c.out_height * c.out_width;
+                let (o, y, x) = (out / plane, (out % plane) / c.out_width, out % c.out_width);
+                let k = c.kernel;
+                for i in 0..c.in_channels {
+                    for ky in 0..k {
+                        let iy = (y * c.stride + ky) as isize - c.padding as isize;
+                        if iy < 0 || iy >= c.in_height as isize {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = (x * c.stride + kx) as isize - c.padding as isize;
+                            if ix < 0 || ix >= c.in_width as isize {
+                                continue;
+                            }
+                            let w = c.weight[((o * c.in_channels + i) * k + ky) * k + kx];
+                            if w != 0.0 {
+                                f(
+                                    (i * c.in_height + iy as usize) * c.in_width + ix as usize,
+                                    w,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            Operator::Dense(node) => {
+                let Op::Linear(l) = &model.nodes()[node].op else {
+                    unreachable!("planner checked the node kind")
+                };
+                for i in 0..l.in_features {
+                    let w = l.weight[out * l.in_features + i];
+                    if w != 0.0 {
+                        f(i, w);
+                    }
+                }
+            }
+            Operator::Identity => f(out, 1.0),
+        }
+    }
+
+    /// The operator's bias (zero for the identity).
+    pub fn bias(&self, model: &Model, out: usize) -> f64 {
+        match *self {
+            Operator::Conv(node) => match &model.nodes()[node].op {
+                Op::Conv2d(c) => c.bias[out / (c.out_height * c.out_width)],
+                _ => 0.0,
+            },
+            Operator::Dense(node) => match &model.nodes()[node].op {
+                Op::Linear(l) => l.bias[out],
+                _ => 0.0,
+            },
+            Operator::Identity => 0.0,
+        }
+    }
+
+    /// The operator applied to a plaintext tensor, bias included: how constants travel through it.
+    pub fn apply_plain(&self, model: &Model, input: &[f64], outputs: usize) -> Vec<f64> {
+        (0..outputs)
+            .map(|o| {
+                let mut acc = self.bias(model, o);
+                self.terms(model, o, |i, w| acc += w * input[i]);
+                acc
+            })
+            .collect()
+    }
+}
+
+/// One node of the baby-step tree: `amount = parent's amount + step`, `step` a power of two.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeNode {
+    pub parent: usize,
+    pub step: usize,
+    pub amount: usize,
+}
+
+/// A planned linear layer: layouts, level, scales and the rotation structure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearPlan {
+    pub op: Operator,
+    /// Factor applied to every weight (the input value's multiplier, folded in).
+    pub mult: f64,
+    pub input: SlotLayout,
+    pub output: SlotLayout,
+    /// Output elements (CHW).
+    pub outputs: usize,
+    /// Level the input is brought to (dropped) before the layer; the output is one level lower.
+    pub level: usize,
+    /// Exact scale of the output after the rescale.
+    pub out_scale: f64,
+    /// The giant step `G` (slots).
+    pub giant: usize,
+    /// Number of giant steps (the Horner chain has `giants - 1` rotations by `G`).
+    pub giants: usize,
+    /// Baby amounts, ascending; `tree[baby_node[i]]` computes `babies[i]`.
+    pub babies: Vec<usize>,
+    pub tree: Vec<TreeNode>,
+    pub baby_node: Vec<usize>,
+    /// Number of nonzero diagonals (plaintext multiplications).
+    pub diagonals: usize,
+}
+
+/// Counts of what a step did, for the per-layer table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpCounts {
+    pub rotations: usize,
+    pub plain_mults: usize,
+    pub ct_mults: usize,
+    pub rescales: usize,
+}
+
+impl LinearPlan {
+    /// Plans `op` from `input` to `output_raw`. With `free_offset`, the output layout is shifted so
+    /// that every baby amount is small and non-negative; otherwise `output_raw` is kept as is.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: &Model,
+        op: Operator,
+        mult: f64,
+        input: SlotLayout,
+        output_raw: SlotLayout,
+        free_offset: bool,
+        level: usize,
+        out_scale: f64,
+    ) -> Self {
+        let giant = input.block;
+        let outputs = output_raw.len();
+        let output = if free_offset {
+            // shift so that the most negative (centered) baby amount becomes 0
+            let mut min_b = 0i64;
+            for_each_amount(model, &op, &input, &output_raw, |a, _, _| {
+                let b = (a % giant) as i64;
+                let centered = if b >= giant as i64 / 2 {
+                    b - giant as i64
+                } else {
+                    b
+                };
+                min_b = min_b.min(centered);
+            });
+            output_raw.shifted(min_b)
+        } else {
+            output_raw
+        };
+        let mut babies = std::collections::BTreeSet::new();
+        let mut giant_set = std::collections::BTreeSet::new();
+        let mut diag_set = std::collections::HashSet::new();
+        for_each_amount(model, &op, &input, &output, |a, _, _| {
+            babies.insert(a % giant);
+            giant_set.insert(a / giant);
+            diag_set.insert(a);
+        });
+        let babies: Vec<usize> = babies.into_iter().collect();
+        let giants = giant_set.last().map_or(1, |g| g + 1);
+        let (tree, baby_node) = baby_tree(&babies);
+        Self {
+            op,
+            mult,
+            input,
+            output,
+            outputs,
+            level,
+            out_scale,
+            giant,
+            giants,
+            babies,
+            tree,
+            baby_node,
+            diagonals: diag_set.len(),
+        }
+    }
+
+    /// Every rotation amount this layer uses.
+    pub fn rotation_amounts(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.tree.iter().skip(1).map(|t| t.step).collect();
+        if self.giants > 1 {
+            v.push(self.giant);
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Rotations per evaluation.
+    pub fn rotation_count(&self) -> usize {
+        self.tree.len() - 1 + self.giants - 1
+    }
+
+    /// The diagonals, pre-rotated for the Horner chain: `(g, baby index) -> slot vector`.
+    fn diagonals(&self, model: &Model) -> HashMap<(usize, usize), Vec<f64>> {
+        let slots = self.input.slots;
+        let mut map: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+        let index: HashMap<usize, usize> = self
+            .babies
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (b, i))
+            .collect();
+        for_each_amount(model, &self.op, &self.input, &self.output, |a, p, w| {
+            let (g, b) = (a / self.giant, a % self.giant);
+            let d = map
+                .entry((g, index[&b]))
+                .or_insert_with(|| vec![0.0; slots]);
+            // rot_{-gG}(d)[p'] = d[p' - gG]: the entry for output slot p lands at p + gG
+            d[(p + g * self.giant) % slots] += w * self.mult;
+        });
+        map
+    }
+
+    /// Evaluates the layer on `ct` (at this plan's level or above) and rescales.
+    pub fn apply(
+        &self,
+        model: &Model,
+        ev: &Evaluator,
+        keys: &EvaluationKeys,
+        ct: &Ciphertext,
+        counts: &mut OpCounts,
+    ) -> Result<Ciphertext, CkksError> {
+        let ctx: &Context = ev.context();
+        let ct = if ct.level > self.level {
+            ev.drop_level(ct, self.level)?
+        } else {
+            ct.clone()
+        };
+        if ct.level != self.level {
+            return Err(CkksError::LevelMismatch(self.level, ct.level));
+        }
+        let diags = self.diagonals(model);
+        // baby rotations along the tree, hoisted per parent
+        let mut nodes: Vec<Option<Ciphertext>> = vec![None; self.tree.len()];
+        nodes[0] = Some(ct.clone());
+        for parent in 0..self.tree.len() {
+            let children: Vec<usize> = (1..self.tree.len())
+                .filter(|&c| self.tree[c].parent == parent)
+                .collect();
+            if children.is_empty() {
+                continue;
+            }
+            let steps: Vec<i64> = children.iter().map(|&c| self.tree[c].step as i64).collect();
+            let src = nodes[parent].as_ref().expect("parents come first");
+            let rotated = ev.rotate_hoisted(src, &steps, keys)?;
+            counts.rotations += rotated.len();
+            for (c, r) in children.into_iter().zip(rotated) {
+                nodes[c] = Some(r);
+            }
+        }
+        let babies: Vec<&Ciphertext> = self
+            .baby_node
+            .iter()
+            .map(|&n| nodes[n].as_ref().expect("every tree node is computed"))
+            .collect();
+        let q = ctx.params().q()[self.level] as f64;
+        let pt_scale = self.out_scale * q / ct.scale;
+        let basis = &ctx.level(self.level).q;
+        let acc_scale = ct.scale * pt_scale;
+        let giant_terms: Vec<Result<Option<Ciphertext>, CkksError>> = (0..self.giants)
+            .into_par_iter()
+            .map(|g| {
+                let mut acc: Option<Ciphertext> = None;
+                for (bi, baby) in babies.iter().enumerate() {
+                    let Some(d) = diags.get(&(g, bi)) else {
+                        continue;
+                    };
+                    let pt = Plaintext::encode_real(ctx, d, self.level, pt_scale)?;
+                    let acc = acc.get_or_insert_with(|| Ciphertext {
+                        c: vec![basis.zero(), basis.zero()],
+                        level: self.level,
+                        scale: acc_scale,
+                        fingerprint: *ctx.fingerprint(),
+                        seed: None,
+                    });
+                    for (a, b) in acc.c.iter_mut().zip(&baby.c) {
+                        basis.mul_add_assign(a, b, &pt.poly);
+                    }
+                }
+                Ok(acc)
+            })
+            .collect();
+        counts.plain_mults += diags.len();
+        drop(nodes);
+        let mut acc: Option<Ciphertext> = None;
+        for term in giant_terms.into_iter().rev() {
+            let term = term?;
+            acc = match (acc, term) {
+                (None, t) => t,
+                (Some(a), t) => {
+                    let mut r = ev.rotate(&a, self.giant as i64, keys)?;
+                    counts.rotations += 1;
+                    if let Some(t) = t {
+                        ev.add_assign(&mut r, &t)?;
+                    }
+                    Some(r)
+                }
+            };
+        }
+        let acc = acc.unwrap_or_else(|| Ciphertext {
+            c: vec![basis.zero(), basis.zero()],
+            level: self.level,
+            scale: acc_scale,
+            fingerprint: *ctx.fingerprint(),
+            seed: None,
+        });
+        counts.rescales += 1;
+        let mut out = ev.rescale(&acc)?;
+        // the rescale divides by q exactly; pin the bookkeeping to the planned value it equals
+        out.scale = self.out_scale;
+        Ok(out)
+    }
+}
+
+/// Calls `f(amount, output slot, weight)` for every term of the map, over every copy of the output;
+/// each term reads the copy of its input that makes the amount smallest.
+fn for_each_amount(
+    model: &Model,
+    op: &Operator,
+    input: &SlotLayout,
+    output: &SlotLayout,
+    mut f: impl FnMut(usize, usize, f64),
+) {
+    let slots = output.slots;
+    let (pin, pout) = (input.period(), output.period());
+    for o in 0..output.len() {
+        let p0 = output.slot_of(o);
+        for k in 0..slots / pout {
+            let p = (p0 + k * pout) % slots;
+            op.terms(model, o, |i, w| {
+                let q = input.slot_of(i);
+                let a = (q as i64 - p as i64).rem_euclid(pin as i64) as usize;
+                f(a, p, w);
+            });
+        }
+    }
+}
+
+/// Prefix tree of the babies' binary expansions (high bits first): node 0 is the input itself.
+fn baby_tree(babies: &[usize]) -> (Vec<TreeNode>, Vec<usize>) {
+    let mut tree = vec![TreeNode {
+        parent: 0,
+        step: 0,
+        amount: 0,
+    }];
+    let mut by_amount: HashMap<usize, usize> = HashMap::from([(0, 0)]);
+    let mut baby_node = Vec::with_capacity(babies.len());
+    for &b in babies {
+        let (mut cur, mut acc) = (0usize, 0usize);
+        for bit in (0..usize::BITS).rev() {
+            let step = 1usize << bit;
+            if b & step == 0 {
+                continue;
+            }
+            acc += step;
+            cur = *by_amount.entry(acc).or_insert_with(|| {
+                tree.push(TreeNode {
+                    parent: cur,
+                    step,
+                    amount: acc,
+                });
+                tree.len() - 1
+            });
+        }
+        baby_node.push(cur);
+    }
+    (tree, baby_node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baby_tree_shares_prefixes() {
+        let babies = [0, 1, 2, 32, 33, 34, 64, 65, 66];
+        let (tree, node) = baby_tree(&babies);
+        // 1, 2, 32, 64 from the root; 33, 34 under 32; 65, 66 under 64
+        assert_eq!(tree.len(), 9);
+        for (i, &b) in babies.iter().enumerate() {
+            assert_eq!(tree[node[i]].amount, b);
+        }
+        for t in &tree[1..] {
+            assert!(t.step.is_power_of_two());
+            assert_eq!(tree[t.parent].amount + t.step, t.amount);
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The homomorphic network: planning (layouts, levels, keys), linear layers on packed ciphertexts,
+//! the server-side evaluation, and the client-side helpers (keys, encryption, decryption) that the
+//! benchmark and the CLI use in place of a browser.
+
+pub mod client;
+pub mod infer;
+pub mod linear;
+pub mod plan;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use blindsight_core::{decrypt, Context, Evaluator, SecretKey};
+    use serde_json::{json, Value};
+
+    use super::client::{decrypt_logits, encrypt_input, evaluation_keys};
+    use super::infer::evaluate;
+    use super::plan::{Plan, PlanError};
+    use crate::model::tests::{load, Tensors};
+    use crate::model::Model;
+    use crate::plain;
+
+    fn node(name: &str, op: &str, inputs: &[&str]) -> Value {
+        json!({"name": name, "op": op, "inputs": inputs})
+    }
+
+    fn conv(name: &str, input: &str, ci: usize, co: usize, k: usize, stride: usize) -> Value {
+        let mut v = node(name, "conv2d", &[input]);
+        let o = v.as_object_mut().unwrap();
+        o.insert("weight".into(), json!(format!("{name}.weight")));
+        o.insert("bias".into(), json!(format!("{name}.bias")));
+        for (key, val) in [
+            ("in_channels", ci),
+            ("out_channels", co),
+            ("kernel", k),
+            ("stride", stride),
+            ("padding", k / 2),
+        ] {
+            o.insert(key.into(), json!(val));
+        }
+        v
+    }
+
+    fn quad(name: &str, input: &str) -> Value {
+        let mut v = node(name, "quadratic", &[input]);
+        v.as_object_mut()
+            .unwrap()
+            .insert("coefficients".into(), json!([0.234375, 0.5, 0.1875]));
+        v
+    }
+
+    /// Deterministic pseudo-random weights in [-amp, amp].
+    fn weights(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0) * amp
+            })
+            .collect()
+    }
+
+    /// A small CIFAR-shaped ResNet: 3x8x8 input, conv 3->4, then either an identity block or a
+    /// downsampling block (stride-2 conv 4->8 with a 1x1 stride-2 shortcut), pool, linear 8->3.
+    fn mini_resnet(downsample: bool) -> Model {
+        let (c2, stride) = if downsample { (8, 2) } else { (4, 1) };
+        let mut nodes = vec![
+            conv("conv1", "input", 3, 4, 3, 1),
+            quad("act1", "conv1"),
+            conv("b.conv1", "act1", 4, c2, 3, stride),
+            quad("b.act1", "b.conv1"),
+            conv("b.conv2", "b.act1", c2, c2, 3, 1),
+        ];
+        let mut tensors: Tensors = Vec::new();
+        let mut add_conv = |name: &str, ci: usize, co: usize, k: usize, seed: u64| {
+            let fan = (ci * k * k) as f32;
+            tensors.push((
+                format!("{name}.weight"),
+                vec![co, ci, k, k],
+                weights(co * ci * k * k, seed, 1.5 / fan.sqrt()),
+            ));
+            tensors.push((
+                format!("{name}.bias"),
+                vec![co],
+                weights(co, seed + 100, 0.2),
+            ));
+        };
+        add_conv("conv1", 3, 4, 3, 1);
+        add_conv("b.conv1", 4, c2, 3, 2);
+        add_conv("b.conv2", c2, c2, 3, 3);
+        if downsample {
+            nodes.push(conv("b.shortcut", "act1", 4, c2, 1, 2));
+            add_conv("b.shortcut", 4, c2, 1, 4);
+            nodes.push(node("b.add", "add", &["b.conv2", "b.shortcut"]));
+        } else {
+            nodes.push(node("b.add", "add", &["b.conv2", "act1"]));
+        }
+        nodes.push(quad("b.act2", "b.add"));
+        nodes.push(node("pool", "global_avg_pool", &["b.act2"]));
+        let mut fc = node("fc", "linear", &["pool"]);
+        let o = fc.as_object_mut().unwrap();
+        o.insert("weight".into(), json!("fc.weight"));
+        o.insert("bias".into(), json!("fc.bias"));
+        o.insert("in_features".into(), json!(c2));
+        o.insert("out_features".into(), json!(3));
+        nodes.push(fc);
+        tensors.push(("fc.weight".into(), vec![3, c2], weights(3 * c2, 9, 0.8)));
+        tensors.push(("fc.bias".into(), vec![3], vec![0.1, -0.1, 0.05]));
+        let manifest = json!({
+            "format": "blindsight-model", "version": 1, "name": "mini", "architecture": "test",
+            "dataset": "none",
+            "input": {"name": "input", "channels": 3, "height": 8, "width": 8,
+                      "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+            "classes": ["a", "b", "c"], "clip": 2.0, "nodes": nodes, "output": "fc",
+            "accuracy": {}, "activation_max_abs": {},
+            "training": {"epochs_done": 0, "epochs_planned": 0, "recipe": "", "command": "",
+                         "log_tail": []}
+        });
+        load(&manifest, &tensors).unwrap()
+    }
+
+    /// Every step's decrypted value (mult * slots + offset) against the plaintext node output, and
+    /// the logits against the plaintext logits.
+    fn check_against_plaintext(model: &Model, ctx: &Arc<Context>, tolerance: f64) {
+        let plan = Plan::new(model, ctx).unwrap();
+        let sk = SecretKey::generate(ctx);
+        let keys = evaluation_keys(ctx, &sk, &plan).unwrap();
+        let input: Vec<f64> = weights(model.input_shape().size(), 77, 1.8)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let reference = plain::forward_all(model, &input).unwrap();
+        let ct = encrypt_input(ctx, &sk, &plan, &input).unwrap();
+        let ev = Evaluator::new(ctx);
+        let mut worst = Vec::new();
+        let (out, _) = evaluate(&plan, model, &ev, &keys, &ct, |i, _, value| {
+            let step = &plan.steps[i - 1];
+            if step.name.ends_with(".shortcut") {
+                return;
+            }
+            let slots: Vec<f64> = decrypt(ctx, value, &sk)
+                .unwrap()
+                .decode(ctx)
+                .unwrap()
+                .iter()
+                .map(|c| c.re)
+                .collect();
+            let got = step.value.layout.extract(&slots).unwrap();
+            let want = &reference[step.node];
+            assert_eq!(got.len(), want.len(), "{}", step.name);
+            let err = got
+                .iter()
+                .zip(&step.value.offset)
+                .zip(want)
+                .map(|((g, o), w)| (step.value.mult * g + o - w).abs())
+                .fold(0.0, f64::max);
+            worst.push((step.name.clone(), err));
+        })
+        .unwrap();
+        for (name, err) in &worst {
+            assert!(*err < tolerance, "{name}: error {err:.3e} (all: {worst:?})");
+        }
+        let logits = decrypt_logits(ctx, &sk, &plan, &out).unwrap();
+        let want = &reference[model.output()];
+        for (g, w) in logits.iter().zip(want) {
+            assert!((g - w).abs() < tolerance, "logits {logits:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn identity_block_matches_plaintext_layer_by_layer() {
+        let ctx = Context::named("N14_TEST").unwrap();
+        check_against_plaintext(&mini_resnet(false), &ctx, 1e-3);
+    }
+
+    #[test]
+    fn downsampling_block_matches_plaintext_layer_by_layer() {
+        let ctx = Context::named("N14_TEST").unwrap();
+        check_against_plaintext(&mini_resnet(true), &ctx, 1e-3);
+    }
+
+    #[test]
+    fn too_deep_models_are_refused() {
+        let ctx = Context::named("N14_TEST").unwrap();
+        let model = Model::embedded().unwrap();
+        let err = Plan::new(&model, &ctx).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PlanError::TooDeep {
+                    depth: 20,
+                    max: 5,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("20 levels"));
+    }
+}
