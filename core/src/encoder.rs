@@ -46,10 +46,12 @@ impl From<f64> for Complex {
 #[derive(Debug)]
 pub struct Encoder {
     n: usize,
-    /// 5^j mod 2N for j < N/2.
-    rot_group: Vec<usize>,
-    /// exp(2*pi*i*k / 2N) for k <= 2N.
-    roots: Vec<Complex>,
+    /// The forward transform's twiddles, stage by stage: the stage of half-length `h` holds
+    /// `exp(2*pi*i * (5^j mod 4*2h) / (4*2h))` for `j < h` at `h - 1 + j` (the inverse uses their
+    /// conjugates), so the butterflies read them in order.
+    twiddles: Vec<Complex>,
+    /// The bit-reversal permutation of `0..N/2`.
+    bit_reverse: Vec<u32>,
 }
 
 impl Encoder {
@@ -62,16 +64,25 @@ impl Encoder {
             rot_group.push(g);
             g = g * 5 % m;
         }
-        let roots = (0..=m)
-            .map(|k| {
-                let a = 2.0 * std::f64::consts::PI * k as f64 / m as f64;
-                Complex::new(a.cos(), a.sin())
-            })
+        let slots = n / 2;
+        let mut twiddles = vec![Complex::default(); slots.max(1)];
+        let mut h = 1;
+        while h < slots {
+            let lenq = 8 * h;
+            for (j, &g) in rot_group.iter().take(h).enumerate() {
+                let a = 2.0 * std::f64::consts::PI * (g % lenq) as f64 / lenq as f64;
+                twiddles[h - 1 + j] = Complex::new(a.cos(), a.sin());
+            }
+            h <<= 1;
+        }
+        let bits = slots.trailing_zeros();
+        let bit_reverse = (0..slots as u32)
+            .map(|i| i.reverse_bits().checked_shr(32 - bits).unwrap_or(0))
             .collect();
         Self {
             n,
-            rot_group,
-            roots,
+            twiddles,
+            bit_reverse,
         }
     }
 
@@ -88,6 +99,7 @@ impl Encoder {
         let mut v = vec![Complex::default(); slots];
         v[..values.len()].copy_from_slice(values);
         self.special_ifft(&mut v);
+        let scale = scale / slots as f64;
         let mut out = vec![0.0; self.n];
         for (i, c) in v.iter().enumerate() {
             out[i] = c.re * scale;
@@ -109,64 +121,54 @@ impl Encoder {
 
     fn special_fft(&self, v: &mut [Complex]) {
         let size = v.len();
-        let m = 2 * self.n;
-        bit_reverse_permute(v);
+        self.permute(v);
         let mut len = 2;
         while len <= size {
             let lenh = len >> 1;
-            let lenq = len << 2;
-            for chunk in v.chunks_mut(len) {
-                for j in 0..lenh {
-                    let idx = (self.rot_group[j] % lenq) * (m / lenq);
-                    let u = chunk[j];
-                    let w = chunk[j + lenh].mul(self.roots[idx]);
-                    chunk[j] = u.add(w);
-                    chunk[j + lenh] = u.sub(w);
+            let tw = &self.twiddles[lenh - 1..len - 1];
+            for chunk in v.chunks_exact_mut(len) {
+                let (lo, hi) = chunk.split_at_mut(lenh);
+                for ((a, b), &w) in lo.iter_mut().zip(hi.iter_mut()).zip(tw) {
+                    let u = *a;
+                    let t = b.mul(w);
+                    *a = u.add(t);
+                    *b = u.sub(t);
                 }
             }
             len <<= 1;
         }
     }
 
+    /// The inverse transform, unnormalized (the caller divides by the size).
     fn special_ifft(&self, v: &mut [Complex]) {
         let size = v.len();
-        let m = 2 * self.n;
         let mut len = size;
         while len >= 2 {
             let lenh = len >> 1;
-            let lenq = len << 2;
-            for chunk in v.chunks_mut(len) {
-                for j in 0..lenh {
-                    let idx = (lenq - self.rot_group[j] % lenq) * (m / lenq);
-                    let u = chunk[j].add(chunk[j + lenh]);
-                    let w = chunk[j].sub(chunk[j + lenh]).mul(self.roots[idx]);
-                    chunk[j] = u;
-                    chunk[j + lenh] = w;
+            let tw = &self.twiddles[lenh - 1..len - 1];
+            for chunk in v.chunks_exact_mut(len) {
+                let (lo, hi) = chunk.split_at_mut(lenh);
+                for ((a, b), &w) in lo.iter_mut().zip(hi.iter_mut()).zip(tw) {
+                    let u = a.add(*b);
+                    let d = a.sub(*b);
+                    *a = u;
+                    // times the conjugate twiddle
+                    *b = Complex::new(d.re * w.re + d.im * w.im, d.im * w.re - d.re * w.im);
                 }
             }
             len >>= 1;
         }
-        bit_reverse_permute(v);
-        let inv = 1.0 / size as f64;
-        for c in v.iter_mut() {
-            c.re *= inv;
-            c.im *= inv;
-        }
+        self.permute(v);
     }
-}
 
-fn bit_reverse_permute<T>(v: &mut [T]) {
-    let n = v.len();
-    let mut j = 0;
-    for i in 1..n {
-        let mut bit = n >> 1;
-        while j & bit != 0 {
-            j ^= bit;
-            bit >>= 1;
-        }
-        j |= bit;
-        if i < j {
-            v.swap(i, j);
+    /// Bit-reversal permutation (size N/2, the only size the transforms run at).
+    fn permute(&self, v: &mut [Complex]) {
+        debug_assert_eq!(v.len(), self.bit_reverse.len());
+        for (i, &j) in self.bit_reverse.iter().enumerate() {
+            let j = j as usize;
+            if i < j {
+                v.swap(i, j);
+            }
         }
     }
 }

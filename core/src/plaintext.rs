@@ -55,13 +55,30 @@ impl Plaintext {
         }
         let basis = &ctx.level(level).q;
         let mut poly = basis.zero();
-        crate::par::for_each_limb(poly.data_mut(), ctx.n(), |i, limb| {
-            let m = basis.modulus(i);
-            for (x, &c) in limb.iter_mut().zip(&coeffs) {
-                *x = m.from_f64(c);
-            }
-            basis.ntt(i).forward(limb);
-        });
+        // Coefficients below every prime (the usual case: weights and images at ~2^25) are rounded
+        // once; each limb is then a sign fix-up. Larger ones (Delta^3 scales) reduce exactly.
+        let min_q = (0..=level)
+            .map(|i| basis.modulus(i).value())
+            .min()
+            .unwrap_or(0);
+        if max < min_q as f64 / 2.0 {
+            let rounded: Vec<i64> = coeffs.iter().map(|&c| c.round() as i64).collect();
+            crate::par::for_each_limb(poly.data_mut(), ctx.n(), |i, limb| {
+                let q = basis.modulus(i).value() as i64;
+                for (x, &c) in limb.iter_mut().zip(&rounded) {
+                    *x = (c + (q & (c >> 63))) as u64;
+                }
+                basis.ntt(i).forward(limb);
+            });
+        } else {
+            crate::par::for_each_limb(poly.data_mut(), ctx.n(), |i, limb| {
+                let m = basis.modulus(i);
+                for (x, &c) in limb.iter_mut().zip(&coeffs) {
+                    *x = m.from_f64(c);
+                }
+                basis.ntt(i).forward(limb);
+            });
+        }
         Ok(Self {
             poly,
             level,

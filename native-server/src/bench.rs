@@ -68,9 +68,7 @@ impl Session {
         let encrypt = t0.elapsed();
         let ev = Evaluator::new(&self.ctx);
         let t1 = Instant::now();
-        let (out, steps) = evaluate(&self.plan, model, &ev, &self.keys, &ct, |i, n, _| {
-            progress(i, n)
-        })?;
+        let (out, steps) = evaluate(&self.plan, &ev, &self.keys, &ct, |i, n, _| progress(i, n))?;
         let eval = t1.elapsed();
         let t2 = Instant::now();
         let logits = decrypt_logits(&self.ctx, &self.sk, &self.plan, &out)?;

@@ -101,6 +101,7 @@ struct BenchArgs {
 
 /// Errors print as one line with their context chain (`a: b: c`), whatever RUST_BACKTRACE says.
 fn main() -> ExitCode {
+    blindsight_core::memory::keep_freed_memory();
     let result = match Cli::parse().command {
         Command::Classify(args) => classify(&args),
         Command::Plan(args) => plan(&args),
@@ -146,7 +147,7 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
         let ev = blindsight_core::Evaluator::new(&session.ctx);
         let bar = step_bar(session.plan.steps.len() as u64, "evaluating");
         let t2 = Instant::now();
-        let (out, _) = evaluate(&session.plan, &model, &ev, &session.keys, &ct, |i, _, _| {
+        let (out, _) = evaluate(&session.plan, &ev, &session.keys, &ct, |i, _, _| {
             bar.set_position(i as u64)
         })?;
         let eval = t2.elapsed();

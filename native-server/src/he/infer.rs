@@ -8,7 +8,6 @@ use blindsight_core::{Ciphertext, CkksError, EvaluationKeys, Evaluator, Plaintex
 
 use crate::he::linear::OpCounts;
 use crate::he::plan::{Plan, Ref, StepKind};
-use crate::model::Model;
 
 /// Why an evaluation stopped.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +40,6 @@ pub struct StepReport {
 /// a report per step. `progress` is called after each step with (done, total, the step's value).
 pub fn evaluate(
     plan: &Plan,
-    model: &Model,
     ev: &Evaluator,
     keys: &EvaluationKeys,
     input: &Ciphertext,
@@ -90,7 +88,7 @@ pub fn evaluate(
             StepKind::Linear { input: r, lin } => {
                 let x = get(*r, &values);
                 (
-                    lin.apply(model, ev, keys, &x, &mut counts).map_err(wrap)?,
+                    lin.apply(ev, keys, &x, &mut counts).map_err(wrap)?,
                     "linear",
                 )
             }

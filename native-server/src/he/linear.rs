@@ -135,6 +135,65 @@ pub struct LinearPlan {
     pub baby_node: Vec<usize>,
     /// Number of nonzero diagonals (plaintext multiplications).
     pub diagonals: usize,
+    /// The diagonals themselves, pre-rotated for the Horner chain and run-compressed; filled by
+    /// [`LinearPlan::build_diagonals`] once the layouts are final (empty until then).
+    pub diags: Vec<Diagonal>,
+}
+
+/// `count` slots from `start`, `stride` apart, all holding `weight`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Run {
+    pub start: u32,
+    pub count: u32,
+    pub stride: u32,
+    pub weight: f64,
+}
+
+/// One plaintext of a linear layer: giant step `giant`, baby index `baby`, as runs of equal
+/// weights (a convolution's diagonal is a few hundred runs, not 32768 values: kept for every
+/// image at a few KB instead of re-derived from the model or stored expanded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagonal {
+    pub giant: usize,
+    pub baby: usize,
+    pub runs: Vec<Run>,
+}
+
+impl Diagonal {
+    /// The slot vector.
+    pub fn expand(&self, slots: usize) -> Vec<f64> {
+        let mut v = vec![0.0; slots];
+        for r in &self.runs {
+            for k in 0..r.count as usize {
+                v[r.start as usize + k * r.stride as usize] = r.weight;
+            }
+        }
+        v
+    }
+}
+
+/// Compresses slot-sorted `(slot, weight)` entries (distinct slots) into runs.
+fn compress(entries: &[(u32, f64)]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for &(slot, weight) in entries {
+        if let Some(r) = runs.last_mut() {
+            let last = r.start + (r.count - 1) * r.stride;
+            if r.weight == weight && (r.count == 1 || slot - last == r.stride) {
+                if r.count == 1 {
+                    r.stride = slot - last;
+                }
+                r.count += 1;
+                continue;
+            }
+        }
+        runs.push(Run {
+            start: slot,
+            count: 1,
+            stride: 1,
+            weight,
+        });
+    }
+    runs
 }
 
 /// Counts of what a step did, for the per-layer table.
@@ -203,7 +262,46 @@ impl LinearPlan {
             tree,
             baby_node,
             diagonals: diag_set.len(),
+            diags: Vec::new(),
         }
+    }
+
+    /// Derives the diagonals from the model (once per plan: the same for every image).
+    pub fn build_diagonals(&mut self, model: &Model) {
+        let slots = self.input.slots;
+        let mut index = vec![u32::MAX; self.giant];
+        for (i, &b) in self.babies.iter().enumerate() {
+            index[b] = i as u32;
+        }
+        let nb = self.babies.len();
+        let mut entries: Vec<(u32, u32, f64)> = Vec::new();
+        for_each_amount(model, &self.op, &self.input, &self.output, |a, p, w| {
+            let (g, b) = (a / self.giant, a % self.giant);
+            // rot_{-gG}(d)[p'] = d[p' - gG]: the entry for output slot p lands at p + gG
+            let slot = (p + g * self.giant) % slots;
+            entries.push(((g * nb) as u32 + index[b], slot as u32, w * self.mult));
+        });
+        entries.sort_unstable_by_key(|&(k, slot, _)| (k, slot));
+        let mut diags = Vec::new();
+        let mut i = 0;
+        while i < entries.len() {
+            let key = entries[i].0;
+            let mut merged: Vec<(u32, f64)> = Vec::new();
+            while i < entries.len() && entries[i].0 == key {
+                let (_, slot, w) = entries[i];
+                match merged.last_mut() {
+                    Some(last) if last.0 == slot => last.1 += w,
+                    _ => merged.push((slot, w)),
+                }
+                i += 1;
+            }
+            diags.push(Diagonal {
+                giant: key as usize / nb,
+                baby: key as usize % nb,
+                runs: compress(&merged),
+            });
+        }
+        self.diags = diags;
     }
 
     /// Every rotation amount this layer uses.
@@ -222,31 +320,9 @@ impl LinearPlan {
         self.tree.len() - 1 + self.giants - 1
     }
 
-    /// The diagonals, pre-rotated for the Horner chain: `(g, baby index) -> slot vector`.
-    fn diagonals(&self, model: &Model) -> HashMap<(usize, usize), Vec<f64>> {
-        let slots = self.input.slots;
-        let mut map: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
-        let index: HashMap<usize, usize> = self
-            .babies
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| (b, i))
-            .collect();
-        for_each_amount(model, &self.op, &self.input, &self.output, |a, p, w| {
-            let (g, b) = (a / self.giant, a % self.giant);
-            let d = map
-                .entry((g, index[&b]))
-                .or_insert_with(|| vec![0.0; slots]);
-            // rot_{-gG}(d)[p'] = d[p' - gG]: the entry for output slot p lands at p + gG
-            d[(p + g * self.giant) % slots] += w * self.mult;
-        });
-        map
-    }
-
     /// Evaluates the layer on `ct` (at this plan's level or above) and rescales.
     pub fn apply(
         &self,
-        model: &Model,
         ev: &Evaluator,
         keys: &EvaluationKeys,
         ct: &Ciphertext,
@@ -261,7 +337,6 @@ impl LinearPlan {
         if ct.level != self.level {
             return Err(CkksError::LevelMismatch(self.level, ct.level));
         }
-        let diags = self.diagonals(model);
         // baby rotations along the tree, hoisted per parent
         let mut nodes: Vec<Option<Ciphertext>> = vec![None; self.tree.len()];
         nodes[0] = Some(ct.clone());
@@ -289,15 +364,19 @@ impl LinearPlan {
         let pt_scale = self.out_scale * q / ct.scale;
         let basis = &ctx.level(self.level).q;
         let acc_scale = ct.scale * pt_scale;
-        let giant_terms: Vec<Result<Option<Ciphertext>, CkksError>> = (0..self.giants)
+        // diagonals are sorted by giant step: each giant's slice is one parallel job
+        let mut by_giant: Vec<&[Diagonal]> = vec![&[]; self.giants];
+        for chunk in self.diags.chunk_by(|a, b| a.giant == b.giant) {
+            by_giant[chunk[0].giant] = chunk;
+        }
+        let slots = self.input.slots;
+        let giant_terms: Vec<Result<Option<Ciphertext>, CkksError>> = by_giant
             .into_par_iter()
-            .map(|g| {
+            .map(|diags| {
                 let mut acc: Option<Ciphertext> = None;
-                for (bi, baby) in babies.iter().enumerate() {
-                    let Some(d) = diags.get(&(g, bi)) else {
-                        continue;
-                    };
-                    let pt = Plaintext::encode_real(ctx, d, self.level, pt_scale)?;
+                for d in diags {
+                    let baby = babies[d.baby];
+                    let pt = Plaintext::encode_real(ctx, &d.expand(slots), self.level, pt_scale)?;
                     let acc = acc.get_or_insert_with(|| Ciphertext {
                         c: vec![basis.zero(), basis.zero()],
                         level: self.level,
@@ -312,7 +391,7 @@ impl LinearPlan {
                 Ok(acc)
             })
             .collect();
-        counts.plain_mults += diags.len();
+        counts.plain_mults += self.diags.len();
         drop(nodes);
         let mut acc: Option<Ciphertext> = None;
         for term in giant_terms.into_iter().rev() {

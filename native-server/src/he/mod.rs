@@ -136,7 +136,7 @@ mod tests {
         let ct = encrypt_input(ctx, &sk, &plan, &input).unwrap();
         let ev = Evaluator::new(ctx);
         let mut worst = Vec::new();
-        let (out, _) = evaluate(&plan, model, &ev, &keys, &ct, |i, _, value| {
+        let (out, _) = evaluate(&plan, &ev, &keys, &ct, |i, _, value| {
             let step = &plan.steps[i - 1];
             if step.name.ends_with(".shortcut") {
                 return;

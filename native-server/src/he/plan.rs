@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use blindsight_core::layout::{LayoutError, SlotLayout};
 use blindsight_core::Context;
+use rayon::prelude::*;
 
 use crate::he::linear::{LinearPlan, Operator};
 use crate::model::{Model, Op, Shape, Source};
@@ -421,6 +422,11 @@ impl Plan {
             step_of[i] = steps.len();
             steps.push(step);
         }
+        steps.par_iter_mut().for_each(|st| {
+            if let StepKind::Linear { lin, .. } = &mut st.kind {
+                lin.build_diagonals(model);
+            }
+        });
         let output_step = step_of[model.output()];
         let out = &steps[output_step].value;
         if (out.mult - 1.0).abs() > 1e-12 || out.level != 0 {
