@@ -135,6 +135,7 @@ pub fn rsub_mul_const_in_place(a: &[u64], out: &mut [u64], w: u64, w_shoup52: u6
                 Some(dst as *const u64),
                 w,
                 w_shoup52,
+                0,
                 q.value(),
                 dst,
                 n,
@@ -152,29 +153,37 @@ pub fn rsub_mul_const_in_place(a: &[u64], out: &mut [u64], w: u64, w_shoup52: u6
 /// `out[k] = a[k] * w mod q`, `w < q`, `a` reduced. `w_shoup52 = floor(w * 2^52 / q)` serves the
 /// IFMA path, which needs `q < 2^50`.
 pub fn mul_const(a: &[u64], w: u64, w_shoup52: u64, q: &Modulus, out: &mut [u64]) {
-    assert!(a.len() >= out.len());
+    mul_const_add(a, w, w_shoup52, 0, q, out);
+}
+
+/// `out[k] = (a[k] * w + c) mod q`, `w, c < q`: a constant product and offset in one pass.
+pub fn mul_const_add(a: &[u64], w: u64, w_shoup52: u64, c: u64, q: &Modulus, out: &mut [u64]) {
+    assert!(a.len() >= out.len() && c < q.value());
     #[cfg(target_arch = "x86_64")]
     if has_ifma() && q.value() < IFMA_MAX_TARGET {
         let (n, dst) = (out.len(), out.as_mut_ptr());
         // SAFETY: as above.
-        unsafe { sub_mul_const_ifma(a.as_ptr(), None, w, w_shoup52, q.value(), dst, n) };
+        unsafe { sub_mul_const_ifma(a.as_ptr(), None, w, w_shoup52, c, q.value(), dst, n) };
         return;
     }
     let _ = w_shoup52;
     let ws = q.shoup(w);
     for (o, &x) in out.iter_mut().zip(a) {
-        *o = q.mul_shoup(x, w, ws);
+        *o = q.add(q.mul_shoup(x, w, ws), c);
     }
 }
 
-/// Raw-pointer kernel so that `b` may be `out` itself (in-place reverse subtraction).
+/// Raw-pointer kernel so that `b` may be `out` itself (in-place reverse subtraction):
+/// `out = ((a - b) * w + c) mod q`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512ifma,avx512dq")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn sub_mul_const_ifma(
     a: *const u64,
     b: Option<*const u64>,
     w: u64,
     w_shoup52: u64,
+    c: u64,
     q: u64,
     out: *mut u64,
     n: usize,
@@ -184,6 +193,7 @@ unsafe fn sub_mul_const_ifma(
     let qv = _mm512_set1_epi64(q as i64);
     let wv = _mm512_set1_epi64(w as i64);
     let wsv = _mm512_set1_epi64(w_shoup52 as i64);
+    let cv = _mm512_set1_epi64(c as i64);
     let zero = _mm512_setzero_si512();
     let mut k = 0;
     while k + 8 <= n {
@@ -201,6 +211,9 @@ unsafe fn sub_mul_const_ifma(
         let mut r = _mm512_and_si512(_mm512_sub_epi64(lo, qt), mask52);
         let ge = _mm512_cmpge_epu64_mask(r, qv);
         r = _mm512_mask_sub_epi64(r, ge, r, qv);
+        r = _mm512_add_epi64(r, cv);
+        let ge = _mm512_cmpge_epu64_mask(r, qv);
+        r = _mm512_mask_sub_epi64(r, ge, r, qv);
         _mm512_storeu_si512(out.add(k) as *mut _, r);
         k += 8;
     }
@@ -211,7 +224,7 @@ unsafe fn sub_mul_const_ifma(
             Some(b) => m.sub(*a.add(i), *b.add(i)),
             None => *a.add(i),
         };
-        *out.add(i) = m.mul_shoup(x, w, ws);
+        *out.add(i) = m.add(m.mul_shoup(x, w, ws), c);
     }
 }
 
@@ -241,6 +254,11 @@ mod tests {
             mul_const(&a, w, shoup52(w, q.value()), &q, &mut got);
             for k in 0..n {
                 assert_eq!(got[k], q.mul(a[k], w));
+            }
+            let c = q.value() - 99;
+            mul_const_add(&a, w, shoup52(w, q.value()), c, &q, &mut got);
+            for k in 0..n {
+                assert_eq!(got[k], q.add(q.mul(a[k], w), c));
             }
             let mut inplace = b.clone();
             rsub_mul_const_in_place(&a, &mut inplace, w, shoup52(w, q.value()), &q);

@@ -13,7 +13,7 @@
 use crate::context::Context;
 use crate::keys::SwitchingKey;
 use crate::par;
-use crate::rns::RnsPoly;
+use crate::rns::{ConvInput, RnsPoly};
 
 /// The ModUp'ed digits of one polynomial at one level, NTT form over Q_l ++ P.
 pub struct Decomposition {
@@ -26,7 +26,8 @@ impl Decomposition {
     pub fn new(ctx: &Context, level: usize, c: &RnsPoly) -> Self {
         let lc = ctx.level(level);
         let mut coeff = c.clone();
-        lc.q.inverse(&mut coeff);
+        // the conversion folds in the 1/N
+        lc.q.inverse_unnormalized(&mut coeff);
         let nq = level + 1;
         let n = ctx.n();
         let digits = par::map_range(lc.mod_up.len(), |j| {
@@ -44,8 +45,12 @@ impl Decomposition {
                 }
             }
             let to = dc.conv.to();
+            let how = ConvInput {
+                unnormalized: true,
+                offset: None,
+            };
             dc.conv
-                .convert_into(&coeff.slice_limbs(r), false, others, |t, row| {
+                .convert_into(&coeff.slice_limbs(r), how, false, others, |t, row| {
                     to.ntt(t).forward(row)
                 });
             out

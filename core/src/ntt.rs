@@ -11,6 +11,9 @@ pub trait NttBackend: Send + Sync {
     fn forward(&self, a: &mut [u64]);
     /// Normalized inverse: `inverse(forward(a)) == a`.
     fn inverse(&self, a: &mut [u64]);
+    /// The inverse without the factor 1/N (`N * inverse`): for callers that fold 1/N into a
+    /// constant product they do anyway (basis conversion), sparing a pass over the limb.
+    fn inverse_unnormalized(&self, a: &mut [u64]);
     /// `acc = acc + a * b` pointwise modulo the prime (inputs reduced): the gadget inner product
     /// of key switching, where the backend's vectorized modular product pays off.
     fn mul_accumulate(&self, acc: &mut [u64], a: &[u64], b: &[u64]);
@@ -38,6 +41,11 @@ impl NttBackend for TfheNtt {
     fn inverse(&self, a: &mut [u64]) {
         self.plan.inv(a);
         self.plan.normalize(a);
+    }
+
+    #[inline]
+    fn inverse_unnormalized(&self, a: &mut [u64]) {
+        self.plan.inv(a);
     }
 
     #[inline]

@@ -113,6 +113,14 @@ impl RnsBasis {
         par::for_each_limb(&mut p.data, self.n, |i, limb| self.ntts[i].inverse(limb));
     }
 
+    /// `N` times the inverse NTT (see [`NttBackend::inverse_unnormalized`]).
+    pub fn inverse_unnormalized(&self, p: &mut RnsPoly) {
+        self.check(p);
+        par::for_each_limb(&mut p.data, self.n, |i, limb| {
+            self.ntts[i].inverse_unnormalized(limb)
+        });
+    }
+
     pub fn add_assign(&self, a: &mut RnsPoly, b: &RnsPoly) {
         self.check(a);
         self.check(b);
@@ -413,14 +421,24 @@ impl zeroize::Zeroize for RnsPoly {
     }
 }
 
+/// How a conversion's input arrives: as is, or as `N` times the coefficients (an unnormalized
+/// inverse NTT, whose 1/N the conversion folds into its first product), optionally with a
+/// per-limb constant to add to every coefficient first.
+#[derive(Clone, Copy, Default)]
+pub struct ConvInput<'a> {
+    pub unnormalized: bool,
+    pub offset: Option<&'a [u64]>,
+}
+
 /// Fast (approximate) basis conversion from basis B to basis T on polynomials in coefficient
 /// form: computes `sum_i [x_i * (B/b_i)^-1]_{b_i} * (B/b_i) mod t`, which equals `x + u*B` for a
 /// small `0 <= u < |B|`. Hybrid key switching and ModDown tolerate that `u*B` term.
 pub struct BasisConverter {
     from: RnsBasis,
     to: RnsBasis,
-    /// `(B/b_i)^-1 mod b_i` and its Shoup constant.
-    inv_punctured: Vec<(u64, u64)>,
+    /// `(B/b_i)^-1 mod b_i`, and the same times `N^-1` (for unnormalized input).
+    inv_punctured: Vec<u64>,
+    inv_punctured_n: Vec<u64>,
     /// `1 / b_i`, for the overflow count of the exact conversion.
     inv_from_f64: Vec<f64>,
     /// Which sources enter split in two (too wide for 52-bit products).
@@ -449,8 +467,15 @@ impl BasisConverter {
                         prod = m.mul(prod, m.reduce(mj.value()));
                     }
                 }
-                let inv = m.inv(prod).expect("distinct primes");
-                (inv, m.shoup(inv))
+                m.inv(prod).expect("distinct primes")
+            })
+            .collect::<Vec<u64>>();
+        let inv_punctured_n = inv_punctured
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let m = from.modulus(i);
+                m.mul(w, m.inv(m.reduce(from.n() as u64)).expect("N < b_i"))
             })
             .collect();
         // (B/b_i) mod t_j, row j
@@ -553,6 +578,7 @@ impl BasisConverter {
             from: from.clone(),
             to: to.clone(),
             inv_punctured,
+            inv_punctured_n,
         }
     }
 
@@ -569,7 +595,13 @@ impl BasisConverter {
     pub fn convert(&self, input: &RnsPoly) -> RnsPoly {
         let mut out = self.to.zero();
         let n = self.to.n();
-        self.convert_into(input, false, out.data.chunks_mut(n).collect(), |_, _| {});
+        self.convert_into(
+            input,
+            ConvInput::default(),
+            false,
+            out.data.chunks_mut(n).collect(),
+            |_, _| {},
+        );
         out
     }
 
@@ -582,18 +614,33 @@ impl BasisConverter {
     /// divided by B afterwards (ModDown), the approximate `u` would leave a bias of about |B|/2 in
     /// every coefficient, which decryption multiplies by the secret key into structured error of
     /// order N*|B|: at a 2^25 scale that costs several bits.
-    pub fn convert_into<F>(&self, input: &RnsPoly, exact: bool, mut outs: Vec<&mut [u64]>, post: F)
-    where
+    pub fn convert_into<F>(
+        &self,
+        input: &RnsPoly,
+        how: ConvInput,
+        exact: bool,
+        mut outs: Vec<&mut [u64]>,
+        post: F,
+    ) where
         F: Fn(usize, &mut [u64]) + Sync + Send,
     {
         let n = self.from.n();
         assert_eq!(input.num_limbs(), self.from.len());
         assert_eq!(outs.len(), self.to.len());
+        if let Some(h) = how.offset {
+            assert_eq!(h.len(), self.from.len());
+        }
         let mut y = self.from.zero();
+        // y_i = (x_i * s + h_i) * inv_i = x_i * (s * inv_i) + h_i * inv_i, s = 1 or 1/N
         par::for_each_limb(&mut y.data, n, |i, limb| {
             let m = self.from.modulus(i);
-            let w = self.inv_punctured[i].0;
-            kernels::mul_const(input.limb(i), w, kernels::shoup52(w, m.value()), m, limb);
+            let w = if how.unnormalized {
+                self.inv_punctured_n[i]
+            } else {
+                self.inv_punctured[i]
+            };
+            let c = how.offset.map_or(0, |h| m.mul(h[i], self.inv_punctured[i]));
+            kernels::mul_const_add(input.limb(i), w, kernels::shoup52(w, m.value()), c, m, limb);
         });
         // The exact conversion's overflow count enters as one more term, with constant -B mod t.
         let overflow: Vec<u64> = if exact {
@@ -602,11 +649,18 @@ impl BasisConverter {
             let mut u = vec![0u64; n];
             par::for_each_limb(&mut u, CHUNK.min(n), |c, out| {
                 let start = c * CHUNK.min(n);
-                for (k, o) in out.iter_mut().enumerate() {
-                    let v: f64 = (0..self.from.len())
-                        .map(|i| y.limb(i)[start + k] as f64 * self.inv_from_f64[i])
-                        .sum();
-                    *o = v.floor() as u64;
+                // limb by limb, so that the loops vectorize; the sum is >= 0, so truncation
+                // is the floor
+                let mut acc = vec![0f64; out.len()];
+                for i in 0..self.from.len() {
+                    let inv = self.inv_from_f64[i];
+                    let src = &y.limb(i)[start..start + out.len()];
+                    for (a, &v) in acc.iter_mut().zip(src) {
+                        *a += v as f64 * inv;
+                    }
+                }
+                for (o, a) in out.iter_mut().zip(&acc) {
+                    *o = *a as u64;
                 }
             });
             u
@@ -704,17 +758,20 @@ impl ModDown {
         let nq = q.len();
         let n = q.n();
         let mut xp = x.slice_limbs(nq..nq + p.len());
-        p.inverse(&mut xp);
-        par::for_each_limb(xp.data_mut(), n, |j, limb| {
-            let m = p.modulus(j);
-            for v in limb.iter_mut() {
-                *v = m.add(*v, self.half_p[j]);
-            }
-        });
+        p.inverse_unnormalized(&mut xp);
         let mut out = q.zero();
-        // row i: t = [x + h]_P - h in coefficient form, then NTT, then (x_i - t) / P
-        self.conv
-            .convert_into(&xp, true, out.data.chunks_mut(n).collect(), |i, row| {
+        // row i: t = [x + h]_P - h in coefficient form, then NTT, then (x_i - t) / P; the 1/N of
+        // the inverse NTT and the offset h enter the conversion's first product
+        let how = ConvInput {
+            unnormalized: true,
+            offset: Some(&self.half_p),
+        };
+        self.conv.convert_into(
+            &xp,
+            how,
+            true,
+            out.data.chunks_mut(n).collect(),
+            |i, row| {
                 let m = q.modulus(i);
                 for v in row.iter_mut() {
                     *v = m.sub(*v, self.half_q[i]);
@@ -728,7 +785,8 @@ impl ModDown {
                     kernels::shoup52(w, m.value()),
                     m,
                 );
-            });
+            },
+        );
         out
     }
 }
