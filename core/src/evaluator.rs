@@ -14,7 +14,7 @@ use crate::error::CkksError;
 use crate::keys::{EvaluationKeys, SwitchingKey};
 use crate::keyswitch::{mod_down, switch_key, Decomposition};
 use crate::par;
-use crate::plaintext::Plaintext;
+use crate::plaintext::{Plaintext, SmallPlaintext};
 use crate::rns::RnsPoly;
 
 /// Relative difference below which two scales count as equal.
@@ -313,6 +313,42 @@ impl Evaluator {
         if a.degree() != 1 {
             return Err(CkksError::Degree(a.degree()));
         }
+        Ok(())
+    }
+
+    /// `acc += ct * pt` without forming the plaintext's polynomial: each limb is transformed,
+    /// used for both halves while in cache, and dropped. `acc` must have the product's level and
+    /// scale (`ct.scale * pt.scale`).
+    pub fn mul_small_plain_add_assign(
+        &self,
+        acc: &mut Ciphertext,
+        ct: &Ciphertext,
+        pt: &SmallPlaintext,
+    ) -> Result<(), CkksError> {
+        self.check(acc)?;
+        self.check(ct)?;
+        if &pt.fingerprint != self.ctx.fingerprint() {
+            return Err(CkksError::ParamsMismatch);
+        }
+        if acc.level != ct.level || pt.level != ct.level {
+            return Err(CkksError::LevelMismatch(ct.level, acc.level.max(pt.level)));
+        }
+        if acc.degree() != ct.degree() {
+            return Err(CkksError::Degree(ct.degree()));
+        }
+        check_scales(acc.scale, ct.scale * pt.scale)?;
+        let n = self.ctx.n();
+        let basis = self.basis(ct.level);
+        let [a0, a1] = acc.c.as_mut_slice() else {
+            return Err(CkksError::Degree(acc.degree()));
+        };
+        par::for_each_limb_pair(a0.data_mut(), a1.data_mut(), n, |i, l0, l1| {
+            let mut m = vec![0u64; n];
+            pt.limb_into(&self.ctx, i, &mut m);
+            let ntt = basis.ntt(i);
+            ntt.mul_accumulate(l0, ct.c[0].limb(i), &m);
+            ntt.mul_accumulate(l1, ct.c[1].limb(i), &m);
+        });
         Ok(())
     }
 

@@ -32,4 +32,4 @@ pub use error::{CkksError, ParamsError, WireError};
 pub use evaluator::Evaluator;
 pub use keys::{EvaluationKeys, KeyGenerator, KeyKind, PublicKey, SecretKey, SwitchingKey};
 pub use params::{ParamSpec, Params};
-pub use plaintext::Plaintext;
+pub use plaintext::{Plaintext, SmallPlaintext};

@@ -23,54 +23,15 @@ impl Plaintext {
         level: usize,
         scale: f64,
     ) -> Result<Self, CkksError> {
-        check_level(ctx, level)?;
-        if values.len() > ctx.params().slots() {
-            return Err(CkksError::TooManyValues {
-                given: values.len(),
-                slots: ctx.params().slots(),
-            });
-        }
-        if let Some(v) = values
-            .iter()
-            .find(|v| !v.re.is_finite() || !v.im.is_finite())
-        {
-            return Err(CkksError::NotFinite(if v.re.is_finite() {
-                v.im
-            } else {
-                v.re
-            }));
-        }
-        if !(scale.is_finite() && scale >= 1.0) {
-            return Err(CkksError::NotFinite(scale));
-        }
-        let coeffs = ctx.encoder().slots_to_coeffs(values, scale);
-        let max = coeffs.iter().fold(0f64, |m, c| m.max(c.abs()));
-        let log_q = ctx.params().log_q_at(level);
-        if max >= 1.0 && max.log2() >= log_q - 1.0 {
-            return Err(CkksError::ScaleOverflow {
-                scale_bits: max.log2(),
-                level,
-                log_q,
-            });
-        }
+        let (coeffs, max) = scaled_coefficients(ctx, values, level, scale)?;
         let basis = &ctx.level(level).q;
         let mut poly = basis.zero();
-        // Coefficients below every prime (the usual case: weights and images at ~2^25) are rounded
-        // once; each limb is then a sign fix-up. Larger ones (Delta^3 scales) reduce exactly.
-        let min_q = (0..=level)
-            .map(|i| basis.modulus(i).value())
-            .min()
-            .unwrap_or(0);
-        if max < min_q as f64 / 2.0 {
-            let rounded: Vec<i64> = coeffs.iter().map(|&c| c.round() as i64).collect();
+        if let Some(small) = SmallPlaintext::round(ctx, &coeffs, max, level, scale) {
             crate::par::for_each_limb(poly.data_mut(), ctx.n(), |i, limb| {
-                let q = basis.modulus(i).value() as i64;
-                for (x, &c) in limb.iter_mut().zip(&rounded) {
-                    *x = (c + (q & (c >> 63))) as u64;
-                }
-                basis.ntt(i).forward(limb);
+                small.limb_into(ctx, i, limb)
             });
         } else {
+            // coefficients beyond the smallest prime (Delta^3 scales) reduce exactly
             crate::par::for_each_limb(poly.data_mut(), ctx.n(), |i, limb| {
                 let m = basis.modulus(i);
                 for (x, &c) in limb.iter_mut().zip(&coeffs) {
@@ -87,7 +48,6 @@ impl Plaintext {
         })
     }
 
-    /// Encodes real values.
     pub fn encode_real(
         ctx: &Context,
         values: &[f64],
@@ -134,4 +94,97 @@ pub(crate) fn check_level(ctx: &Context, level: usize) -> Result<(), CkksError> 
         });
     }
     Ok(())
+}
+
+/// The checked, scaled, unrounded coefficients of `values` and their largest magnitude.
+fn scaled_coefficients(
+    ctx: &Context,
+    values: &[Complex],
+    level: usize,
+    scale: f64,
+) -> Result<(Vec<f64>, f64), CkksError> {
+    check_level(ctx, level)?;
+    if values.len() > ctx.params().slots() {
+        return Err(CkksError::TooManyValues {
+            given: values.len(),
+            slots: ctx.params().slots(),
+        });
+    }
+    if let Some(v) = values
+        .iter()
+        .find(|v| !v.re.is_finite() || !v.im.is_finite())
+    {
+        return Err(CkksError::NotFinite(if v.re.is_finite() {
+            v.im
+        } else {
+            v.re
+        }));
+    }
+    if !(scale.is_finite() && scale >= 1.0) {
+        return Err(CkksError::NotFinite(scale));
+    }
+    let coeffs = ctx.encoder().slots_to_coeffs(values, scale);
+    let max = coeffs.iter().fold(0f64, |m, c| m.max(c.abs()));
+    let log_q = ctx.params().log_q_at(level);
+    if max >= 1.0 && max.log2() >= log_q - 1.0 {
+        return Err(CkksError::ScaleOverflow {
+            scale_bits: max.log2(),
+            level,
+            log_q,
+        });
+    }
+    Ok((coeffs, max))
+}
+
+/// A plaintext kept as its rounded integer coefficients, each below half of every prime of its
+/// level, so that its residues are the coefficients themselves up to sign. Each limb's NTT form
+/// is made where it is used and never stored: a linear layer multiplies by thousands of such
+/// plaintexts, and this spares the full-size polynomial of every one (see
+/// `Evaluator::mul_small_plain_add_assign`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SmallPlaintext {
+    pub coeffs: Vec<i64>,
+    pub level: usize,
+    pub scale: f64,
+    pub fingerprint: [u8; 32],
+}
+
+impl SmallPlaintext {
+    /// Encodes real slot values; errors as `Plaintext::encode` does, and also if a coefficient
+    /// is too large for this form (the scale is too large for the level's smallest prime).
+    pub fn encode_real(
+        ctx: &Context,
+        values: &[f64],
+        level: usize,
+        scale: f64,
+    ) -> Result<Self, CkksError> {
+        let v: Vec<Complex> = values.iter().map(|&x| Complex::from(x)).collect();
+        let (coeffs, max) = scaled_coefficients(ctx, &v, level, scale)?;
+        Self::round(ctx, &coeffs, max, level, scale).ok_or(CkksError::ScaleOverflow {
+            scale_bits: max.log2(),
+            level,
+            log_q: ctx.params().log_q_at(0),
+        })
+    }
+
+    fn round(ctx: &Context, coeffs: &[f64], max: f64, level: usize, scale: f64) -> Option<Self> {
+        let basis = &ctx.level(level).q;
+        let min_q = basis.moduli().iter().map(|m| m.value()).min()?;
+        (max < min_q as f64 / 2.0).then(|| Self {
+            coeffs: coeffs.iter().map(|&c| c.round() as i64).collect(),
+            level,
+            scale,
+            fingerprint: *ctx.fingerprint(),
+        })
+    }
+
+    /// Limb `i` (of q0..q_level) in NTT form, written into `out`.
+    pub fn limb_into(&self, ctx: &Context, i: usize, out: &mut [u64]) {
+        let basis = &ctx.level(self.level).q;
+        let q = basis.modulus(i).value() as i64;
+        for (x, &c) in out.iter_mut().zip(&self.coeffs) {
+            *x = (c + (q & (c >> 63))) as u64;
+        }
+        basis.ntt(i).forward(out);
+    }
 }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use blindsight_core::layout::SlotLayout;
-use blindsight_core::{Ciphertext, CkksError, Context, EvaluationKeys, Evaluator, Plaintext};
+use blindsight_core::{Ciphertext, CkksError, Context, EvaluationKeys, Evaluator, SmallPlaintext};
 use rayon::prelude::*;
 
 use crate::model::{Model, Op};
@@ -376,7 +376,8 @@ impl LinearPlan {
                 let mut acc: Option<Ciphertext> = None;
                 for d in diags {
                     let baby = babies[d.baby];
-                    let pt = Plaintext::encode_real(ctx, &d.expand(slots), self.level, pt_scale)?;
+                    let pt =
+                        SmallPlaintext::encode_real(ctx, &d.expand(slots), self.level, pt_scale)?;
                     let acc = acc.get_or_insert_with(|| Ciphertext {
                         c: vec![basis.zero(), basis.zero()],
                         level: self.level,
@@ -384,9 +385,7 @@ impl LinearPlan {
                         fingerprint: *ctx.fingerprint(),
                         seed: None,
                     });
-                    for (a, b) in acc.c.iter_mut().zip(&baby.c) {
-                        basis.mul_add_assign(a, b, &pt.poly);
-                    }
+                    ev.mul_small_plain_add_assign(acc, baby, &pt)?;
                 }
                 Ok(acc)
             })
