@@ -316,40 +316,45 @@ impl Evaluator {
         Ok(())
     }
 
-    /// `acc += ct * pt` without forming the plaintext's polynomial: each limb is transformed,
-    /// used for both halves while in cache, and dropped. `acc` must have the product's level and
-    /// scale (`ct.scale * pt.scale`).
-    pub fn mul_small_plain_add_assign(
+    /// `sum_j cts[j] * pts[j]`, limb by limb: each output limb stays in cache while every term
+    /// is added into it, and each plaintext limb is transformed once and used for both halves.
+    /// All operands at one level, with equal product scales; errors on an empty sum.
+    pub fn dot_small_plain(
         &self,
-        acc: &mut Ciphertext,
-        ct: &Ciphertext,
-        pt: &SmallPlaintext,
-    ) -> Result<(), CkksError> {
-        self.check(acc)?;
-        self.check(ct)?;
-        if &pt.fingerprint != self.ctx.fingerprint() {
-            return Err(CkksError::ParamsMismatch);
-        }
-        if acc.level != ct.level || pt.level != ct.level {
-            return Err(CkksError::LevelMismatch(ct.level, acc.level.max(pt.level)));
-        }
-        if acc.degree() != ct.degree() {
-            return Err(CkksError::Degree(ct.degree()));
-        }
-        check_scales(acc.scale, ct.scale * pt.scale)?;
-        let n = self.ctx.n();
-        let basis = self.basis(ct.level);
-        let [a0, a1] = acc.c.as_mut_slice() else {
-            return Err(CkksError::Degree(acc.degree()));
+        cts: &[&Ciphertext],
+        pts: &[SmallPlaintext],
+    ) -> Result<Ciphertext, CkksError> {
+        let (Some(first), Some(p0)) = (cts.first(), pts.first()) else {
+            return Err(CkksError::Count(0));
         };
-        par::for_each_limb_pair(a0.data_mut(), a1.data_mut(), n, |i, l0, l1| {
-            let mut m = vec![0u64; n];
-            pt.limb_into(&self.ctx, i, &mut m);
+        if cts.len() != pts.len() {
+            return Err(CkksError::Count(pts.len()));
+        }
+        let (level, scale) = (first.level, first.scale * p0.scale);
+        for (ct, pt) in cts.iter().zip(pts) {
+            self.check(ct)?;
+            Self::check_degree1(ct)?;
+            if &pt.fingerprint != self.ctx.fingerprint() {
+                return Err(CkksError::ParamsMismatch);
+            }
+            if ct.level != level || pt.level != level {
+                return Err(CkksError::LevelMismatch(level, ct.level.max(pt.level)));
+            }
+            check_scales(ct.scale * pt.scale, scale)?;
+        }
+        let n = self.ctx.n();
+        let basis = self.basis(level);
+        let (mut c0, mut c1) = (basis.zero(), basis.zero());
+        par::for_each_limb_pair(c0.data_mut(), c1.data_mut(), n, |i, l0, l1| {
             let ntt = basis.ntt(i);
-            ntt.mul_accumulate(l0, ct.c[0].limb(i), &m);
-            ntt.mul_accumulate(l1, ct.c[1].limb(i), &m);
+            let mut m = vec![0u64; n];
+            for (ct, pt) in cts.iter().zip(pts) {
+                pt.limb_into(&self.ctx, i, &mut m);
+                ntt.mul_accumulate(l0, ct.c[0].limb(i), &m);
+                ntt.mul_accumulate(l1, ct.c[1].limb(i), &m);
+            }
         });
-        Ok(())
+        Ok(self.derived(vec![c0, c1], level, scale))
     }
 
     /// Applies `X -> X^g` with the matching Galois key.
@@ -429,17 +434,14 @@ impl Evaluator {
             ks.push(key);
         }
         let dec = Decomposition::new(&self.ctx, a.level, &a.c[1]);
-        Ok(gs
-            .iter()
-            .zip(&ks)
-            .map(|(&g, key)| {
-                if g == 1 {
-                    a.clone()
-                } else {
-                    self.galois_from_decomposition(a, &dec, g, key)
-                }
-            })
-            .collect())
+        // the amounts are independent: in parallel they scale better than one key switch's limbs
+        Ok(par::map_range(gs.len(), |i| {
+            if gs[i] == 1 {
+                a.clone()
+            } else {
+                self.galois_from_decomposition(a, &dec, gs[i], ks[i])
+            }
+        }))
     }
 
     /// `sum_{i < count} rotate(a, i*step)` in log2(count) rotations (keys for step * 2^k needed).

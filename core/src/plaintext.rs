@@ -140,7 +140,7 @@ fn scaled_coefficients(
 /// level, so that its residues are the coefficients themselves up to sign. Each limb's NTT form
 /// is made where it is used and never stored: a linear layer multiplies by thousands of such
 /// plaintexts, and this spares the full-size polynomial of every one (see
-/// `Evaluator::mul_small_plain_add_assign`).
+/// `Evaluator::dot_small_plain`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SmallPlaintext {
     pub coeffs: Vec<i64>,

@@ -419,7 +419,7 @@ fn encrypt_decrypt_precision_at_every_shipped_set() {
 }
 
 #[test]
-fn small_plaintext_products_accumulate_like_plaintext_products() {
+fn small_plaintext_inner_products_match_plaintext_products() {
     let f = fixture();
     let ev = Evaluator::new(&f.ctx);
     let n = f.ctx.params().slots();
@@ -435,21 +435,24 @@ fn small_plaintext_products_accumulate_like_plaintext_products() {
     let mut limb = vec![0u64; f.ctx.n()];
     p1.limb_into(&f.ctx, 1, &mut limb);
     assert_eq!(limb.as_slice(), full.poly.limb(1));
-    // acc = a*w1 + b*w2
-    let mut acc = ev.mul_plain(&ca, &full).unwrap();
-    acc = ev.sub(&acc, &acc).unwrap();
-    ev.mul_small_plain_add_assign(&mut acc, &ca, &p1).unwrap();
-    ev.mul_small_plain_add_assign(&mut acc, &cb, &p2).unwrap();
+    // a*w1 + b*w2
+    let acc = ev
+        .dot_small_plain(&[&ca, &cb], &[p1.clone(), p2.clone()])
+        .unwrap();
+    assert_eq!(acc.scale, D40 * D25);
     let want: Vec<f64> = (0..n).map(|i| a[i] * w1[i] + b[i] * w2[i]).collect();
     let err = max_err(&decrypt_real(f, &acc), &want);
     assert!(err < 1e-5, "{err}");
-    // operands must agree: scale, level, parameters
-    let mut wrong_scale = encrypt(f, &a, l, D40);
+    // operands must agree: count, scale, level
+    assert!(ev.dot_small_plain(&[&ca], &[]).is_err());
+    let other_scale = encrypt(f, &a, l, D25);
     assert!(ev
-        .mul_small_plain_add_assign(&mut wrong_scale, &ca, &p1)
+        .dot_small_plain(&[&ca, &other_scale], &[p1.clone(), p2.clone()])
         .is_err());
     let low = ev.drop_level(&ca, l - 1).unwrap();
-    assert!(ev.mul_small_plain_add_assign(&mut acc, &low, &p1).is_err());
+    assert!(ev
+        .dot_small_plain(&[&low], std::slice::from_ref(&p1))
+        .is_err());
     // a scale too large for the coefficient form is an error, not a wrong result
     assert!(SmallPlaintext::encode_real(&f.ctx, &w1, l, 2f64.powi(60)).is_err());
 }

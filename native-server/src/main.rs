@@ -236,7 +236,8 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         let r = session.run(&model, &input, rec.label, |i, _| {
             bar.set_position(k as u64 * steps + i as u64)
         })?;
-        bar.println(format!(
+        // the bar hides itself when stderr is no terminal; the per-image lines stay
+        let line = format!(
             "image {}: label {} plaintext {} encrypted {}, {:.2} s, logit error {:.1e}",
             args.skip + k,
             r.label,
@@ -244,7 +245,12 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             r.he_label,
             r.eval.as_secs_f64(),
             r.max_abs_logit_error
-        ));
+        );
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
         results.push(r);
     }
     bar.finish_and_clear();

@@ -373,21 +373,17 @@ impl LinearPlan {
         let giant_terms: Vec<Result<Option<Ciphertext>, CkksError>> = by_giant
             .into_par_iter()
             .map(|diags| {
-                let mut acc: Option<Ciphertext> = None;
-                for d in diags {
-                    let baby = babies[d.baby];
-                    let pt =
-                        SmallPlaintext::encode_real(ctx, &d.expand(slots), self.level, pt_scale)?;
-                    let acc = acc.get_or_insert_with(|| Ciphertext {
-                        c: vec![basis.zero(), basis.zero()],
-                        level: self.level,
-                        scale: acc_scale,
-                        fingerprint: *ctx.fingerprint(),
-                        seed: None,
-                    });
-                    ev.mul_small_plain_add_assign(acc, baby, &pt)?;
+                if diags.is_empty() {
+                    return Ok(None);
                 }
-                Ok(acc)
+                let pts = diags
+                    .iter()
+                    .map(|d| {
+                        SmallPlaintext::encode_real(ctx, &d.expand(slots), self.level, pt_scale)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let cts: Vec<&Ciphertext> = diags.iter().map(|d| babies[d.baby]).collect();
+                ev.dot_small_plain(&cts, &pts).map(Some)
             })
             .collect();
         counts.plain_mults += self.diags.len();
