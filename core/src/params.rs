@@ -74,7 +74,7 @@ impl ParamSpec {
             "N16_D30" => spec(16, chain(60, 40, 30), vec![48; 10], 3, 40),
             // ResNet-20 depth: 21 primes of 50 bits (below 2^50 for the IFMA NTT), two levels of
             // Delta = 2^25 per prime: about 40 multiplicative levels; 13 special primes, dnum 2.
-            "N16_L39" => spec(16, vec![50; 21], vec![50; 11], 2, 25),
+            "N16_L39" => spec(16, vec![50; 21], vec![50; 13], 2, 25),
             _ => return Err(ParamsError::UnknownSet(name.to_string())),
         })
     }

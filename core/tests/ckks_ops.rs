@@ -456,3 +456,49 @@ fn small_plaintext_inner_products_match_plaintext_products() {
     // a scale too large for the coefficient form is an error, not a wrong result
     assert!(SmallPlaintext::encode_real(&f.ctx, &w1, l, 2f64.powi(60)).is_err());
 }
+
+/// Key switching at the ResNet set on a value at the default scale (2^25), the top level (two
+/// digits) and a low one (one digit): rotation and relinearization noise must stay far below the
+/// network's tolerance. (Found by the demo: with as many special primes as a digit has, the
+/// rotation error at 2^25 was 4.5.)
+#[test]
+fn key_switching_precision_at_the_resnet_set() {
+    let ctx = Context::named("N16_L39").unwrap();
+    let sk = SecretKey::generate(&ctx);
+    let mut kg = KeyGenerator::new(&ctx, &sk);
+    let top = ctx.max_level();
+    let mut keys = EvaluationKeys::new(&ctx);
+    keys.insert(kg.rotation_key(1, top).unwrap()).unwrap();
+    keys.insert(kg.relin_key(top).unwrap()).unwrap();
+    let ev = Evaluator::new(&ctx);
+    let n = ctx.params().slots();
+    let x = values(n, 31);
+    let scale = ctx.params().default_scale();
+    for level in [top, 5] {
+        let pt = Plaintext::encode_real(&ctx, &x, level, scale).unwrap();
+        let ct = Encryptor::new(&ctx).encrypt_sk(&pt, &sk).unwrap();
+        let got: Vec<f64> = decrypt(&ctx, &ev.rotate(&ct, 1, &keys).unwrap(), &sk)
+            .unwrap()
+            .decode(&ctx)
+            .unwrap()
+            .iter()
+            .map(|c| c.re)
+            .collect();
+        let want: Vec<f64> = (0..n).map(|i| x[(i + 1) % n]).collect();
+        let err = max_err(&got, &want);
+        // ModDown's rounding floor, sqrt(N/18) ~ 60 per coefficient, is ~5e-4 rms in a slot at
+        // 2^25 (measured maximum 2.4e-3 over 32768 slots); the network rotates only at >= 2^50
+        assert!(err < 1e-2, "rotation at level {level}: {err}");
+        let sq = ev.square_relin(&ct, &keys).unwrap();
+        let got: Vec<f64> = decrypt(&ctx, &sq, &sk)
+            .unwrap()
+            .decode(&ctx)
+            .unwrap()
+            .iter()
+            .map(|c| c.re)
+            .collect();
+        let want: Vec<f64> = x.iter().map(|v| v * v).collect();
+        let err = max_err(&got, &want);
+        assert!(err < 1e-2, "square at level {level}: {err}");
+    }
+}
