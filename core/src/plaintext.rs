@@ -54,8 +54,7 @@ impl Plaintext {
         level: usize,
         scale: f64,
     ) -> Result<Self, CkksError> {
-        let v: Vec<Complex> = values.iter().map(|&x| Complex::from(x)).collect();
-        Self::encode(ctx, &v, level, scale)
+        Self::encode(ctx, &complex(values), level, scale)
     }
 
     /// The N/2 slot values. Only as many limbs as the message is wide are transformed and
@@ -94,6 +93,10 @@ pub(crate) fn check_level(ctx: &Context, level: usize) -> Result<(), CkksError> 
         });
     }
     Ok(())
+}
+
+fn complex(values: &[f64]) -> Vec<Complex> {
+    values.iter().map(|&x| Complex::from(x)).collect()
 }
 
 /// The checked, scaled, unrounded coefficients of `values` and their largest magnitude.
@@ -158,8 +161,7 @@ impl SmallPlaintext {
         level: usize,
         scale: f64,
     ) -> Result<Self, CkksError> {
-        let v: Vec<Complex> = values.iter().map(|&x| Complex::from(x)).collect();
-        let (coeffs, max) = scaled_coefficients(ctx, &v, level, scale)?;
+        let (coeffs, max) = scaled_coefficients(ctx, &complex(values), level, scale)?;
         Self::round(ctx, &coeffs, max, level, scale).ok_or(CkksError::ScaleOverflow {
             scale_bits: max.log2(),
             level,

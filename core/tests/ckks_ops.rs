@@ -56,9 +56,13 @@ fn encrypt(f: &Fixture, v: &[f64], level: usize, scale: f64) -> Ciphertext {
 }
 
 fn decrypt_real(f: &Fixture, ct: &Ciphertext) -> Vec<f64> {
-    decrypt(&f.ctx, ct, &f.sk)
+    decrypt_with(&f.ctx, &f.sk, ct)
+}
+
+fn decrypt_with(ctx: &Context, sk: &SecretKey, ct: &Ciphertext) -> Vec<f64> {
+    decrypt(ctx, ct, sk)
         .unwrap()
-        .decode(&f.ctx)
+        .decode(ctx)
         .unwrap()
         .iter()
         .map(|c| c.re)
@@ -477,26 +481,14 @@ fn key_switching_precision_at_the_resnet_set() {
     for level in [top, 5] {
         let pt = Plaintext::encode_real(&ctx, &x, level, scale).unwrap();
         let ct = Encryptor::new(&ctx).encrypt_sk(&pt, &sk).unwrap();
-        let got: Vec<f64> = decrypt(&ctx, &ev.rotate(&ct, 1, &keys).unwrap(), &sk)
-            .unwrap()
-            .decode(&ctx)
-            .unwrap()
-            .iter()
-            .map(|c| c.re)
-            .collect();
+        let got = decrypt_with(&ctx, &sk, &ev.rotate(&ct, 1, &keys).unwrap());
         let want: Vec<f64> = (0..n).map(|i| x[(i + 1) % n]).collect();
         let err = max_err(&got, &want);
         // ModDown's rounding floor, sqrt(N/18) ~ 60 per coefficient, is ~5e-4 rms in a slot at
         // 2^25 (measured maximum 2.4e-3 over 32768 slots); the network rotates only at >= 2^50
         assert!(err < 1e-2, "rotation at level {level}: {err}");
         let sq = ev.square_relin(&ct, &keys).unwrap();
-        let got: Vec<f64> = decrypt(&ctx, &sq, &sk)
-            .unwrap()
-            .decode(&ctx)
-            .unwrap()
-            .iter()
-            .map(|c| c.re)
-            .collect();
+        let got = decrypt_with(&ctx, &sk, &sq);
         let want: Vec<f64> = x.iter().map(|v| v * v).collect();
         let err = max_err(&got, &want);
         assert!(err < 1e-2, "square at level {level}: {err}");

@@ -329,7 +329,7 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context) -> String {
                 lin.babies.len(),
                 lin.giants,
                 lin.rotation_count(),
-                lin.diagonals,
+                lin.diags.len(),
             ),
             StepKind::Activation { .. } => ("square", 0, 0, 0, 0),
             StepKind::Add { .. } => ("add", 0, 0, 0, 0),

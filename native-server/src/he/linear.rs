@@ -133,9 +133,7 @@ pub struct LinearPlan {
     pub babies: Vec<usize>,
     pub tree: Vec<TreeNode>,
     pub baby_node: Vec<usize>,
-    /// Number of nonzero diagonals (plaintext multiplications).
-    pub diagonals: usize,
-    /// The diagonals themselves, pre-rotated for the Horner chain and run-compressed; filled by
+    /// The nonzero diagonals (one plaintext product each), pre-rotated for the Horner chain and run-compressed; filled by
     /// [`LinearPlan::build_diagonals`] once the layouts are final (empty until then).
     pub diags: Vec<Diagonal>,
 }
@@ -238,15 +236,13 @@ impl LinearPlan {
             output_raw
         };
         let mut babies = std::collections::BTreeSet::new();
-        let mut giant_set = std::collections::BTreeSet::new();
-        let mut diag_set = std::collections::HashSet::new();
+        let mut last_giant = 0;
         for_each_amount(model, &op, &input, &output, |a, _, _| {
             babies.insert(a % giant);
-            giant_set.insert(a / giant);
-            diag_set.insert(a);
+            last_giant = last_giant.max(a / giant);
         });
         let babies: Vec<usize> = babies.into_iter().collect();
-        let giants = giant_set.last().map_or(1, |g| g + 1);
+        let giants = last_giant + 1;
         let (tree, baby_node) = baby_tree(&babies);
         Self {
             op,
@@ -261,7 +257,6 @@ impl LinearPlan {
             babies,
             tree,
             baby_node,
-            diagonals: diag_set.len(),
             diags: Vec::new(),
         }
     }
