@@ -13,7 +13,6 @@ use std::collections::HashMap;
 
 use blindsight_core::layout::SlotLayout;
 use blindsight_core::{Ciphertext, CkksError, Context, EvaluationKeys, Evaluator, SmallPlaintext};
-use rayon::prelude::*;
 
 use crate::model::{Model, Op};
 
@@ -365,39 +364,46 @@ impl LinearPlan {
             by_giant[chunk[0].giant] = chunk;
         }
         let slots = self.input.slots;
-        let giant_terms: Vec<Result<Option<Ciphertext>, CkksError>> = by_giant
-            .into_par_iter()
-            .map(|diags| {
-                if diags.is_empty() {
-                    return Ok(None);
-                }
-                let pts = diags
-                    .iter()
-                    .map(|d| {
-                        SmallPlaintext::encode_real(ctx, &d.expand(slots), self.level, pt_scale)
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let cts: Vec<&Ciphertext> = diags.iter().map(|d| babies[d.baby]).collect();
-                ev.dot_small_plain(&cts, &pts).map(Some)
-            })
-            .collect();
+        // V_g = sum_b d_{g,b} * rot_b(in): one limb-major inner product per giant step
+        let giant_term = |g: usize| -> Result<Option<Ciphertext>, CkksError> {
+            let diags = by_giant[g];
+            if diags.is_empty() {
+                return Ok(None);
+            }
+            let pts = diags
+                .iter()
+                .map(|d| SmallPlaintext::encode_real(ctx, &d.expand(slots), self.level, pt_scale))
+                .collect::<Result<Vec<_>, _>>()?;
+            let cts: Vec<&Ciphertext> = diags.iter().map(|d| babies[d.baby]).collect();
+            ev.dot_small_plain(&cts, &pts).map(Some)
+        };
         counts.plain_mults += self.diags.len();
-        drop(nodes);
-        let mut acc: Option<Ciphertext> = None;
-        for term in giant_terms.into_iter().rev() {
-            let term = term?;
-            acc = match (acc, term) {
-                (None, t) => t,
-                (Some(a), t) => {
-                    let mut r = ev.rotate(&a, self.giant as i64, keys)?;
-                    counts.rotations += 1;
-                    if let Some(t) = t {
-                        ev.add_assign(&mut r, &t)?;
-                    }
+        // Horner from the last giant down, acc = rot_G(acc) + V_g, each rotation computed beside
+        // the next term: the two jobs keep both cores busy where a key switch alone does not,
+        // and only one term is alive at a time
+        let mut acc = giant_term(self.giants - 1)?;
+        for g in (0..self.giants - 1).rev() {
+            let (rotated, term) = rayon::join(
+                || {
+                    acc.as_ref()
+                        .map(|a| ev.rotate(a, self.giant as i64, keys))
+                        .transpose()
+                },
+                || giant_term(g),
+            );
+            let (rotated, term) = (rotated?, term?);
+            if rotated.is_some() {
+                counts.rotations += 1;
+            }
+            acc = match (rotated, term) {
+                (Some(mut r), Some(t)) => {
+                    ev.add_assign(&mut r, &t)?;
                     Some(r)
                 }
+                (r, t) => r.or(t),
             };
         }
+        drop(nodes);
         let acc = acc.unwrap_or_else(|| Ciphertext {
             c: vec![basis.zero(), basis.zero()],
             level: self.level,
