@@ -11,6 +11,7 @@ use blindsight_server::bench::{self, Session};
 use blindsight_server::cifar;
 use blindsight_server::he::client::{decrypt_logits, encrypt_input, evaluation_key_bytes};
 use blindsight_server::he::infer::evaluate;
+use blindsight_server::he::linear::sum_rotation_count;
 use blindsight_server::he::plan::{Plan, StepKind};
 use blindsight_server::image_input::model_input;
 use blindsight_server::model::Model;
@@ -331,6 +332,16 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context) -> String {
                 lin.rotation_count(),
                 lin.diags.len(),
             ),
+            StepKind::LinearSum { terms } => {
+                let plans: Vec<_> = terms.iter().map(|(_, l)| l).collect();
+                (
+                    "lin+add",
+                    plans.iter().map(|l| l.babies.len()).sum(),
+                    plans.iter().map(|l| l.giants).max().unwrap_or(0),
+                    sum_rotation_count(&plans),
+                    plans.iter().map(|l| l.diags.len()).sum(),
+                )
+            }
             StepKind::Activation { .. } => ("square", 0, 0, 0, 0),
             StepKind::Add { .. } => ("add", 0, 0, 0, 0),
             StepKind::Pool { amounts, .. } => ("pool", 0, 0, amounts.len(), 0),

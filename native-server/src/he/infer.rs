@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use blindsight_core::layout::SlotLayout;
 use blindsight_core::{Ciphertext, CkksError, EvaluationKeys, Evaluator, Plaintext};
 
-use crate::he::linear::OpCounts;
+use crate::he::linear::{apply_sum, OpCounts};
 use crate::he::plan::{Plan, Ref, StepKind};
 
 /// Why an evaluation stopped.
@@ -62,7 +62,7 @@ pub fn evaluate(
     let n = plan.steps.len();
     let mut last_use: Vec<usize> = (0..n).collect();
     for (i, st) in plan.steps.iter().enumerate() {
-        for r in refs(&st.kind) {
+        for r in st.kind.refs() {
             if let Ref::Step(j) = r {
                 last_use[j] = i;
             }
@@ -90,6 +90,14 @@ pub fn evaluate(
                 (
                     lin.apply(ev, keys, &x, &mut counts).map_err(wrap)?,
                     "linear",
+                )
+            }
+            StepKind::LinearSum { terms } => {
+                let xs: Vec<Ciphertext> = terms.iter().map(|(r, _)| get(*r, &values)).collect();
+                let pairs: Vec<_> = terms.iter().map(|(_, l)| l).zip(&xs).collect();
+                (
+                    apply_sum(ev, keys, &pairs, &mut counts).map_err(wrap)?,
+                    "linear+add",
                 )
             }
             StepKind::Activation { input: r, beta } => {
@@ -135,7 +143,7 @@ pub fn evaluate(
         });
         progress(i + 1, n, &out);
         values[i] = Some(out);
-        for r in refs(&st.kind) {
+        for r in st.kind.refs() {
             if let Ref::Step(j) = r {
                 if last_use[j] == i {
                     values[j] = None;
@@ -162,15 +170,6 @@ pub fn evaluate(
         source,
     })?;
     Ok((out, reports))
-}
-
-fn refs(kind: &StepKind) -> Vec<Ref> {
-    match kind {
-        StepKind::Linear { input, .. }
-        | StepKind::Activation { input, .. }
-        | StepKind::Pool { input, .. } => vec![*input],
-        StepKind::Add { inputs } => inputs.to_vec(),
-    }
 }
 
 /// A per-element tensor placed by `layout` and encoded as a plaintext.

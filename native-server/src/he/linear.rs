@@ -322,26 +322,78 @@ impl LinearPlan {
         ct: &Ciphertext,
         counts: &mut OpCounts,
     ) -> Result<Ciphertext, CkksError> {
-        let ctx: &Context = ev.context();
-        let ct = if ct.level > self.level {
-            ev.drop_level(ct, self.level)?
+        apply_sum(ev, keys, &[(self, ct)], counts)
+    }
+
+    /// Whether `self` and `other` can be summed inside one Horner chain: same output layout,
+    /// level, scale and giant step.
+    pub fn fuses_with(&self, other: &LinearPlan) -> bool {
+        self.output == other.output
+            && self.level == other.level
+            && self.out_scale == other.out_scale
+            && self.giant == other.giant
+            && self.input.slots == other.input.slots
+    }
+}
+
+/// Rotations per evaluation of the sum of `plans` (each its own baby tree, one shared chain).
+pub fn sum_rotation_count(plans: &[&LinearPlan]) -> usize {
+    let babies: usize = plans.iter().map(|p| p.tree.len() - 1).sum();
+    let giants = plans.iter().map(|p| p.giants).max().unwrap_or(1);
+    babies + giants - 1
+}
+
+/// A term's input brought to the plan's level, with its baby rotations.
+struct Prepared<'a> {
+    plan: &'a LinearPlan,
+    nodes: Vec<Option<Ciphertext>>,
+    /// Scale of the plaintexts: every term's products land at the same scale.
+    pt_scale: f64,
+    by_giant: Vec<&'a [Diagonal]>,
+}
+
+/// Evaluates `sum_t plan_t(ct_t)` and rescales once. The plans must fuse (see
+/// [`LinearPlan::fuses_with`]): a residual block's last convolution and its shortcut then share
+/// one Horner chain of giant rotations and one rescale instead of paying for two.
+pub fn apply_sum(
+    ev: &Evaluator,
+    keys: &EvaluationKeys,
+    terms: &[(&LinearPlan, &Ciphertext)],
+    counts: &mut OpCounts,
+) -> Result<Ciphertext, CkksError> {
+    let Some(&(first, _)) = terms.first() else {
+        return Err(CkksError::Count(0));
+    };
+    if terms.iter().any(|(p, _)| !first.fuses_with(p)) {
+        return Err(CkksError::Layout(
+            "summed linear layers differ in output layout, level, scale or giant step".into(),
+        ));
+    }
+    let ctx: &Context = ev.context();
+    let q = ctx.params().q()[first.level] as f64;
+    let slots = first.input.slots;
+    let mut prepared = Vec::with_capacity(terms.len());
+    for &(plan, ct) in terms {
+        let ct = if ct.level > plan.level {
+            ev.drop_level(ct, plan.level)?
         } else {
             ct.clone()
         };
-        if ct.level != self.level {
-            return Err(CkksError::LevelMismatch(self.level, ct.level));
+        if ct.level != plan.level {
+            return Err(CkksError::LevelMismatch(plan.level, ct.level));
         }
+        let pt_scale = plan.out_scale * q / ct.scale;
         // baby rotations along the tree, hoisted per parent
-        let mut nodes: Vec<Option<Ciphertext>> = vec![None; self.tree.len()];
-        nodes[0] = Some(ct.clone());
-        for parent in 0..self.tree.len() {
-            let children: Vec<usize> = (1..self.tree.len())
-                .filter(|&c| self.tree[c].parent == parent)
+        let mut nodes: Vec<Option<Ciphertext>> = vec![None; plan.tree.len()];
+        nodes[0] = Some(ct);
+        for parent in 0..plan.tree.len() {
+            let children: Vec<usize> = (1..plan.tree.len())
+                .filter(|&c| plan.tree[c].parent == parent)
                 .collect();
             if children.is_empty() {
                 continue;
             }
-            let steps: Vec<i64> = children.iter().map(|&c| self.tree[c].step as i64).collect();
+            let steps: Vec<i64> = children.iter().map(|&c| plan.tree[c].step as i64).collect();
             let src = nodes[parent].as_ref().expect("parents come first");
             let rotated = ev.rotate_hoisted(src, &steps, keys)?;
             counts.rotations += rotated.len();
@@ -349,74 +401,80 @@ impl LinearPlan {
                 nodes[c] = Some(r);
             }
         }
-        let babies: Vec<&Ciphertext> = self
-            .baby_node
-            .iter()
-            .map(|&n| nodes[n].as_ref().expect("every tree node is computed"))
-            .collect();
-        let q = ctx.params().q()[self.level] as f64;
-        let pt_scale = self.out_scale * q / ct.scale;
-        let basis = &ctx.level(self.level).q;
-        let acc_scale = ct.scale * pt_scale;
-        // diagonals are sorted by giant step: each giant's slice is one parallel job
-        let mut by_giant: Vec<&[Diagonal]> = vec![&[]; self.giants];
-        for chunk in self.diags.chunk_by(|a, b| a.giant == b.giant) {
+        // diagonals are sorted by giant step
+        let mut by_giant: Vec<&[Diagonal]> = vec![&[]; plan.giants];
+        for chunk in plan.diags.chunk_by(|a, b| a.giant == b.giant) {
             by_giant[chunk[0].giant] = chunk;
         }
-        let slots = self.input.slots;
-        // V_g = sum_b d_{g,b} * rot_b(in): one limb-major inner product per giant step
-        let giant_term = |g: usize| -> Result<Option<Ciphertext>, CkksError> {
-            let diags = by_giant[g];
-            if diags.is_empty() {
-                return Ok(None);
-            }
-            let pts = diags
-                .iter()
-                .map(|d| SmallPlaintext::encode_real(ctx, &d.expand(slots), self.level, pt_scale))
-                .collect::<Result<Vec<_>, _>>()?;
-            let cts: Vec<&Ciphertext> = diags.iter().map(|d| babies[d.baby]).collect();
-            ev.dot_small_plain(&cts, &pts).map(Some)
-        };
-        counts.plain_mults += self.diags.len();
-        // Horner from the last giant down, acc = rot_G(acc) + V_g, each rotation computed beside
-        // the next term: the two jobs keep both cores busy where a key switch alone does not,
-        // and only one term is alive at a time
-        let mut acc = giant_term(self.giants - 1)?;
-        for g in (0..self.giants - 1).rev() {
-            let (rotated, term) = rayon::join(
-                || {
-                    acc.as_ref()
-                        .map(|a| ev.rotate(a, self.giant as i64, keys))
-                        .transpose()
-                },
-                || giant_term(g),
-            );
-            let (rotated, term) = (rotated?, term?);
-            if rotated.is_some() {
-                counts.rotations += 1;
-            }
-            acc = match (rotated, term) {
-                (Some(mut r), Some(t)) => {
-                    ev.add_assign(&mut r, &t)?;
-                    Some(r)
-                }
-                (r, t) => r.or(t),
-            };
-        }
-        drop(nodes);
-        let acc = acc.unwrap_or_else(|| Ciphertext {
-            c: vec![basis.zero(), basis.zero()],
-            level: self.level,
-            scale: acc_scale,
-            fingerprint: *ctx.fingerprint(),
-            seed: None,
+        counts.plain_mults += plan.diags.len();
+        prepared.push(Prepared {
+            plan,
+            nodes,
+            pt_scale,
+            by_giant,
         });
-        counts.rescales += 1;
-        let mut out = ev.rescale(&acc)?;
-        // the rescale divides by q exactly; pin the bookkeeping to the planned value it equals
-        out.scale = self.out_scale;
-        Ok(out)
     }
+    let giants = terms.iter().map(|(p, _)| p.giants).max().unwrap_or(1);
+    // V_g = sum_t sum_b d_{t,g,b} * rot_b(in_t): one limb-major inner product per giant step
+    let giant_term = |g: usize| -> Result<Option<Ciphertext>, CkksError> {
+        let mut pts = Vec::new();
+        let mut cts: Vec<&Ciphertext> = Vec::new();
+        for t in &prepared {
+            for d in t.by_giant.get(g).copied().unwrap_or(&[]) {
+                let node = t.plan.baby_node[d.baby];
+                pts.push(SmallPlaintext::encode_real(
+                    ctx,
+                    &d.expand(slots),
+                    first.level,
+                    t.pt_scale,
+                )?);
+                cts.push(t.nodes[node].as_ref().expect("every tree node is computed"));
+            }
+        }
+        if pts.is_empty() {
+            return Ok(None);
+        }
+        ev.dot_small_plain(&cts, &pts).map(Some)
+    };
+    // Horner from the last giant down, acc = rot_G(acc) + V_g, each rotation computed beside
+    // the next term: the two jobs keep both cores busy where a key switch alone does not,
+    // and only one term is alive at a time
+    let mut acc = giant_term(giants - 1)?;
+    for g in (0..giants - 1).rev() {
+        let (rotated, term) = rayon::join(
+            || {
+                acc.as_ref()
+                    .map(|a| ev.rotate(a, first.giant as i64, keys))
+                    .transpose()
+            },
+            || giant_term(g),
+        );
+        let (rotated, term) = (rotated?, term?);
+        if rotated.is_some() {
+            counts.rotations += 1;
+        }
+        acc = match (rotated, term) {
+            (Some(mut r), Some(t)) => {
+                ev.add_assign(&mut r, &t)?;
+                Some(r)
+            }
+            (r, t) => r.or(t),
+        };
+    }
+    drop(prepared);
+    let basis = &ctx.level(first.level).q;
+    let acc = acc.unwrap_or_else(|| Ciphertext {
+        c: vec![basis.zero(), basis.zero()],
+        level: first.level,
+        scale: first.out_scale * q,
+        fingerprint: *ctx.fingerprint(),
+        seed: None,
+    });
+    counts.rescales += 1;
+    let mut out = ev.rescale(&acc)?;
+    // the rescale divides by q exactly; pin the bookkeeping to the planned value it equals
+    out.scale = first.out_scale;
+    Ok(out)
 }
 
 /// Calls `f(amount, output slot, weight)` for every term of the map, over every copy of the output;

@@ -183,6 +183,42 @@ mod tests {
     }
 
     #[test]
+    fn residual_sums_of_linear_layers_share_one_chain() {
+        use super::linear::sum_rotation_count;
+        use super::plan::StepKind;
+        let ctx = Context::named("N14_TEST").unwrap();
+        for downsample in [false, true] {
+            let plan = Plan::new(&mini_resnet(downsample), &ctx).unwrap();
+            let sums: Vec<_> = plan
+                .steps
+                .iter()
+                .filter_map(|st| match &st.kind {
+                    StepKind::LinearSum { terms } => Some((st, terms)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(sums.len(), 1, "downsample {downsample}");
+            let (st, terms) = sums[0];
+            assert_eq!((st.name.as_str(), terms.len()), ("b.add", 2));
+            // the summed layers are gone as steps, and every reference points backwards
+            assert!(!plan.steps.iter().any(|s| s.name == "b.conv2"));
+            for (i, s) in plan.steps.iter().enumerate() {
+                for r in s.kind.refs() {
+                    if let super::plan::Ref::Step(j) = r {
+                        assert!(j < i, "{} reads step {j}", s.name);
+                    }
+                }
+            }
+            let plans: Vec<_> = terms.iter().map(|(_, l)| l).collect();
+            let separate: usize = plans.iter().map(|l| l.rotation_count()).sum();
+            if downsample {
+                // the shortcut's giant chain is saved
+                assert!(sum_rotation_count(&plans) < separate);
+            }
+        }
+    }
+
+    #[test]
     fn too_deep_models_are_refused() {
         let ctx = Context::named("N14_TEST").unwrap();
         let model = Model::embedded().unwrap();

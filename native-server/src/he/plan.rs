@@ -87,6 +87,102 @@ pub enum StepKind {
         input: Ref,
         amounts: Vec<usize>,
     },
+    /// `sum_t lin_t(input_t)`: a residual add of two linear layers that nothing else reads,
+    /// evaluated with one shared chain of giant rotations and one rescale.
+    LinearSum {
+        terms: Vec<(Ref, LinearPlan)>,
+    },
+}
+
+impl StepKind {
+    /// The values the step reads.
+    pub fn refs(&self) -> Vec<Ref> {
+        match self {
+            StepKind::Linear { input, .. }
+            | StepKind::Activation { input, .. }
+            | StepKind::Pool { input, .. } => vec![*input],
+            StepKind::Add { inputs } => inputs.to_vec(),
+            StepKind::LinearSum { terms } => terms.iter().map(|(r, _)| *r).collect(),
+        }
+    }
+
+    fn map_refs(&mut self, f: impl Fn(Ref) -> Ref) {
+        match self {
+            StepKind::Linear { input, .. }
+            | StepKind::Activation { input, .. }
+            | StepKind::Pool { input, .. } => *input = f(*input),
+            StepKind::Add { inputs } => inputs.iter_mut().for_each(|r| *r = f(*r)),
+            StepKind::LinearSum { terms } => terms.iter_mut().for_each(|(r, _)| *r = f(*r)),
+        }
+    }
+
+    /// The linear plans the step evaluates.
+    pub fn linear_plans(&self) -> Vec<&LinearPlan> {
+        match self {
+            StepKind::Linear { lin, .. } => vec![&**lin],
+            StepKind::LinearSum { terms } => terms.iter().map(|(_, l)| l).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Turns every sum of two linear layers, each read only by the sum, into one `LinearSum` step
+/// (a residual block's last convolution and its shortcut): the shortcut's giant rotations and
+/// rescale disappear into the convolution's. Renumbers the remaining steps.
+fn fuse_linear_sums(steps: &mut Vec<Step>, output_step: &mut usize) {
+    let mut readers = vec![0usize; steps.len()];
+    for st in steps.iter() {
+        for r in st.kind.refs() {
+            if let Ref::Step(j) = r {
+                readers[j] += 1;
+            }
+        }
+    }
+    readers[*output_step] += 1;
+    let mut removed = vec![false; steps.len()];
+    for i in 0..steps.len() {
+        let StepKind::Add {
+            inputs: [Ref::Step(a), Ref::Step(b)],
+        } = steps[i].kind
+        else {
+            continue;
+        };
+        if a == b || readers[a] != 1 || readers[b] != 1 {
+            continue;
+        }
+        let (StepKind::Linear { input: ia, lin: la }, StepKind::Linear { input: ib, lin: lb }) =
+            (&steps[a].kind, &steps[b].kind)
+        else {
+            continue;
+        };
+        if !la.fuses_with(lb) {
+            continue;
+        }
+        let terms = vec![(*ia, (**la).clone()), (*ib, (**lb).clone())];
+        steps[i].kind = StepKind::LinearSum { terms };
+        removed[a] = true;
+        removed[b] = true;
+    }
+    let mut index = vec![usize::MAX; steps.len()];
+    let mut kept = 0;
+    for (i, &r) in removed.iter().enumerate() {
+        if !r {
+            index[i] = kept;
+            kept += 1;
+        }
+    }
+    let old = std::mem::take(steps);
+    for (i, mut st) in old.into_iter().enumerate() {
+        if removed[i] {
+            continue;
+        }
+        st.kind.map_refs(|r| match r {
+            Ref::Step(j) => Ref::Step(index[j]),
+            Ref::Input => Ref::Input,
+        });
+        steps.push(st);
+    }
+    *output_step = index[*output_step];
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -422,12 +518,15 @@ impl Plan {
             step_of[i] = steps.len();
             steps.push(step);
         }
-        steps.par_iter_mut().for_each(|st| {
-            if let StepKind::Linear { lin, .. } = &mut st.kind {
-                lin.build_diagonals(model);
+        let mut output_step = step_of[model.output()];
+        fuse_linear_sums(&mut steps, &mut output_step);
+        steps.par_iter_mut().for_each(|st| match &mut st.kind {
+            StepKind::Linear { lin, .. } => lin.build_diagonals(model),
+            StepKind::LinearSum { terms } => {
+                terms.iter_mut().for_each(|(_, l)| l.build_diagonals(model))
             }
+            _ => {}
         });
-        let output_step = step_of[model.output()];
         let out = &steps[output_step].value;
         if (out.mult - 1.0).abs() > 1e-12 || out.level != 0 {
             return Err(PlanError::Output(format!(
@@ -443,12 +542,13 @@ impl Plan {
                 let e = rotations.entry(amount).or_insert(level);
                 *e = (*e).max(level);
             };
-            match &st.kind {
-                StepKind::Linear { lin, .. } => {
-                    for a in lin.rotation_amounts() {
-                        note(a, lin.level);
-                    }
+            for lin in st.kind.linear_plans() {
+                for a in lin.rotation_amounts() {
+                    note(a, lin.level);
                 }
+            }
+            match &st.kind {
+                StepKind::Linear { .. } | StepKind::LinearSum { .. } => {}
                 StepKind::Pool { amounts, .. } => {
                     for &a in amounts {
                         note(a, st.value.level);
