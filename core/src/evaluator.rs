@@ -344,8 +344,7 @@ impl Evaluator {
         }
         let n = self.ctx.n();
         let basis = self.basis(level);
-        let (mut c0, mut c1) = (basis.zero(), basis.zero());
-        par::for_each_limb_pair(c0.data_mut(), c1.data_mut(), n, |i, l0, l1| {
+        let (c0, c1) = RnsPoly::pair_from_limbs(n, basis.len(), |i, l0, l1| {
             let ntt = basis.ntt(i);
             let mut m = vec![0u64; n];
             for (ct, pt) in cts.iter().zip(pts) {

@@ -25,25 +25,30 @@ impl Decomposition {
     /// `c` is in NTT form over Q_level.
     pub fn new(ctx: &Context, level: usize, c: &RnsPoly) -> Self {
         let lc = ctx.level(level);
-        let mut coeff = c.clone();
-        // the conversion folds in the 1/N
-        lc.q.inverse_unnormalized(&mut coeff);
         let nq = level + 1;
         let n = ctx.n();
+        // the conversion folds in the 1/N
+        let coeff = RnsPoly::from_limbs(n, nq, |i, limb| {
+            limb.copy_from_slice(c.limb(i));
+            lc.q.ntt(i).inverse_unnormalized(limb);
+        });
         let digits = par::map_range(lc.mod_up.len(), |j| {
             let dc = &lc.mod_up[j];
             let r = dc.range.clone();
-            let mut out = RnsPoly::zero(n, nq + ctx.p_basis().len());
             // The digit's own limbs are c itself (exact, already NTT); the others are converted
             // in place and transformed while in cache.
-            let mut others = Vec::with_capacity(out.num_limbs() - r.len());
-            for (i, limb) in out.data_mut().chunks_mut(n).enumerate() {
+            let mut out = RnsPoly::from_limbs(n, nq + ctx.p_basis().len(), |i, limb| {
                 if r.contains(&i) {
                     limb.copy_from_slice(c.limb(i));
-                } else {
-                    others.push(limb);
                 }
-            }
+            });
+            let others: Vec<&mut [u64]> = out
+                .data_mut()
+                .chunks_mut(n)
+                .enumerate()
+                .filter(|(i, _)| !r.contains(i))
+                .map(|(_, limb)| limb)
+                .collect();
             let to = dc.conv.to();
             let how = ConvInput {
                 unnormalized: true,
@@ -69,17 +74,14 @@ impl Decomposition {
         let key_nq = key.level + 1;
         // limb i of Q_l ++ P -> limb of the key's Q_k ++ P
         let key_limb = |i: usize| if i < nq { i } else { key_nq + (i - nq) };
-        let mut b = basis.zero();
-        let mut a = basis.zero();
-        par::for_each_limb_pair(b.data_mut(), a.data_mut(), n, |i, out_b, out_a| {
+        RnsPoly::pair_from_limbs(n, basis.len(), |i, out_b, out_a| {
             let ntt = basis.ntt(i);
             let ki = key_limb(i);
             for (j, d) in self.digits.iter().enumerate() {
                 ntt.mul_accumulate(out_b, d.limb(i), key.b[j].limb(ki));
                 ntt.mul_accumulate(out_a, d.limb(i), key.a[j].limb(ki));
             }
-        });
-        (b, a)
+        })
     }
 }
 

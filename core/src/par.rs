@@ -6,9 +6,10 @@ use rayon::prelude::*;
 
 /// Calls `f(limb_index, limb)` for every `n`-sized limb of `data`.
 #[inline]
-pub fn for_each_limb<F>(data: &mut [u64], n: usize, f: F)
+pub fn for_each_limb<T, F>(data: &mut [T], n: usize, f: F)
 where
-    F: Fn(usize, &mut [u64]) + Sync + Send,
+    T: Send,
+    F: Fn(usize, &mut [T]) + Sync + Send,
 {
     #[cfg(not(target_arch = "wasm32"))]
     data.par_chunks_mut(n)
@@ -59,9 +60,10 @@ pub fn join<A: Send, B: Send>(
 /// Calls `f(limb_index, limb_of_a, limb_of_b)` for every pair of `n`-sized limbs of two buffers
 /// of the same length.
 #[inline]
-pub fn for_each_limb_pair<F>(a: &mut [u64], b: &mut [u64], n: usize, f: F)
+pub fn for_each_limb_pair<T, F>(a: &mut [T], b: &mut [T], n: usize, f: F)
 where
-    F: Fn(usize, &mut [u64], &mut [u64]) + Sync + Send,
+    T: Send,
+    F: Fn(usize, &mut [T], &mut [T]) + Sync + Send,
 {
     #[cfg(not(target_arch = "wasm32"))]
     a.par_chunks_mut(n)

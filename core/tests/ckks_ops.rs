@@ -461,6 +461,33 @@ fn small_plaintext_inner_products_match_plaintext_products() {
     assert!(SmallPlaintext::encode_real(&f.ctx, &w1, l, 2f64.powi(60)).is_err());
 }
 
+#[test]
+fn paired_small_plaintexts_equal_single_encodings() {
+    let f = fixture();
+    let n = f.ctx.params().slots();
+    let l = f.ctx.max_level();
+    let (w1, w2) = (values(n, 31), values(n / 3, 32));
+    let (p1, p2) = SmallPlaintext::encode_real_pair(&f.ctx, &w1, D25, &w2, 4.0 * D25, l).unwrap();
+    let q1 = SmallPlaintext::encode_real(&f.ctx, &w1, l, D25).unwrap();
+    let q2 = SmallPlaintext::encode_real(&f.ctx, &w2, l, 4.0 * D25).unwrap();
+    // the same integers up to the float rounding of ties (coefficients are about 2^17)
+    for (p, q) in [(&p1, &q1), (&p2, &q2)] {
+        assert_eq!((p.scale, p.level), (q.scale, q.level));
+        let worst = p
+            .coeffs
+            .iter()
+            .zip(&q.coeffs)
+            .map(|(a, b)| (a - b).abs())
+            .max()
+            .unwrap();
+        assert!(worst <= 1, "coefficients differ by {worst}");
+        assert!(q.coeffs.iter().any(|&c| c.abs() > 1 << 12));
+    }
+    assert!(SmallPlaintext::encode_real_pair(&f.ctx, &w1, 0.5, &w2, D25, l).is_err());
+    assert!(SmallPlaintext::encode_real_pair(&f.ctx, &w1, D25, &w2, 2f64.powi(60), l).is_err());
+    assert!(SmallPlaintext::encode_real_pair(&f.ctx, &[f64::NAN], D25, &w2, D25, l).is_err());
+}
+
 /// Key switching at the ResNet set on a value at the default scale (2^25), the top level (two
 /// digits) and a low one (one digit): rotation and relinearization noise must stay far below the
 /// network's tolerance. (Found by the demo: with as many special primes as a digit has, the

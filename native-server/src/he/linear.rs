@@ -417,23 +417,48 @@ pub fn apply_sum(
     let giants = terms.iter().map(|(p, _)| p.giants).max().unwrap_or(1);
     // V_g = sum_t sum_b d_{t,g,b} * rot_b(in_t): one limb-major inner product per giant step
     let giant_term = |g: usize| -> Result<Option<Ciphertext>, CkksError> {
-        let mut pts = Vec::new();
-        let mut cts: Vec<&Ciphertext> = Vec::new();
-        for t in &prepared {
-            for d in t.by_giant.get(g).copied().unwrap_or(&[]) {
-                let node = t.plan.baby_node[d.baby];
-                pts.push(SmallPlaintext::encode_real(
+        let items: Vec<(&Prepared, &Diagonal)> = prepared
+            .iter()
+            .flat_map(|t| {
+                let diags = t.by_giant.get(g).copied().unwrap_or(&[]);
+                diags.iter().map(move |d| (t, d))
+            })
+            .collect();
+        if items.is_empty() {
+            return Ok(None);
+        }
+        // two real diagonals per transform
+        let mut pts = Vec::with_capacity(items.len());
+        for pair in items.chunks(2) {
+            match *pair {
+                [(ta, da), (tb, db)] => {
+                    let (a, b) = SmallPlaintext::encode_real_pair(
+                        ctx,
+                        &da.expand(slots),
+                        ta.pt_scale,
+                        &db.expand(slots),
+                        tb.pt_scale,
+                        first.level,
+                    )?;
+                    pts.extend([a, b]);
+                }
+                [(t, d)] => pts.push(SmallPlaintext::encode_real(
                     ctx,
                     &d.expand(slots),
                     first.level,
                     t.pt_scale,
-                )?);
-                cts.push(t.nodes[node].as_ref().expect("every tree node is computed"));
+                )?),
+                _ => unreachable!("chunks of at most two"),
             }
         }
-        if pts.is_empty() {
-            return Ok(None);
-        }
+        let cts: Vec<&Ciphertext> = items
+            .iter()
+            .map(|(t, d)| {
+                t.nodes[t.plan.baby_node[d.baby]]
+                    .as_ref()
+                    .expect("every tree node is computed")
+            })
+            .collect();
         ev.dot_small_plain(&cts, &pts).map(Some)
     };
     // Horner from the last giant down, acc = rot_G(acc) + V_g, each rotation computed beside
