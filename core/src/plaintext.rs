@@ -26,7 +26,7 @@ impl Plaintext {
         let (coeffs, max) = scaled_coefficients(ctx, values, level, scale)?;
         let basis = &ctx.level(level).q;
         let mut poly = basis.zero();
-        if let Some(small) = SmallPlaintext::round(ctx, &coeffs, max, level, scale) {
+        if let Ok(small) = SmallPlaintext::round(ctx, &coeffs, max, level, scale) {
             crate::par::for_each_limb(poly.data_mut(), ctx.n(), |i, limb| {
                 small.limb_into(ctx, i, limb)
             });
@@ -162,11 +162,7 @@ impl SmallPlaintext {
         scale: f64,
     ) -> Result<Self, CkksError> {
         let (coeffs, max) = scaled_coefficients(ctx, &complex(values), level, scale)?;
-        Self::round(ctx, &coeffs, max, level, scale).ok_or(CkksError::ScaleOverflow {
-            scale_bits: max.log2(),
-            level,
-            log_q: ctx.params().log_q_at(0),
-        })
+        Self::round(ctx, &coeffs, max, level, scale)
     }
 
     /// Encodes two real slot vectors, `a` at `scale_a` and `b` at `scale_b`, with one transform:
@@ -211,24 +207,35 @@ impl SmallPlaintext {
         }
         let one = |m: &[f64], scale: f64| {
             let max = m.iter().fold(0f64, |acc, x| acc.max(x.abs()));
-            Self::round(ctx, m, max, level, scale).ok_or(CkksError::ScaleOverflow {
-                scale_bits: max.log2(),
-                level,
-                log_q: ctx.params().log_q_at(0),
-            })
+            Self::round(ctx, m, max, level, scale)
         };
         Ok((one(&ma, scale_a)?, one(&mb, scale_b)?))
     }
 
-    fn round(ctx: &Context, coeffs: &[f64], max: f64, level: usize, scale: f64) -> Option<Self> {
+    /// Rounds `coeffs` (largest magnitude `max`); errors if one would not stay below half of
+    /// every prime of the level.
+    fn round(
+        ctx: &Context,
+        coeffs: &[f64],
+        max: f64,
+        level: usize,
+        scale: f64,
+    ) -> Result<Self, CkksError> {
         let basis = &ctx.level(level).q;
-        let min_q = basis.moduli().iter().map(|m| m.value()).min()?;
-        (max < min_q as f64 / 2.0).then(|| Self {
-            coeffs: coeffs.iter().map(|&c| c.round() as i64).collect(),
+        let min_q = basis.moduli().iter().map(|m| m.value()).min().unwrap_or(0);
+        let overflow = CkksError::ScaleOverflow {
+            scale_bits: max.log2(),
             level,
-            scale,
-            fingerprint: *ctx.fingerprint(),
-        })
+            log_q: ctx.params().log_q_at(0),
+        };
+        (max < min_q as f64 / 2.0)
+            .then(|| Self {
+                coeffs: coeffs.iter().map(|&c| c.round() as i64).collect(),
+                level,
+                scale,
+                fingerprint: *ctx.fingerprint(),
+            })
+            .ok_or(overflow)
     }
 
     /// Limb `i` (of q0..q_level) in NTT form, written into `out`.
