@@ -37,8 +37,8 @@ EXACT_PREFIX = "exact_prefix/test_batch.first1017.bin"
 REFERENCE_SEED, REFERENCE_SYNTHETIC, REFERENCE_RECORDS, REFERENCE_TOLERANCE = 20250101, 4, 8, 1e-4
 FUSION_TOLERANCE = 1e-4
 # Training flags that define a run (the rest only say where and how fast it ran).
-RECIPE_FLAGS = ["epochs", "batch", "lr", "momentum", "wd", "clip", "penalty", "ramp_epochs", "activation", "n",
-                "seed", "bf16", "max_steps", "out"]
+RECIPE_FLAGS = ["init_from", "epochs", "batch", "lr", "momentum", "wd", "clip", "penalty", "ramp_epochs",
+                "label_smoothing", "activation", "n", "seed", "bf16", "channels_last", "compile", "max_steps", "out"]
 
 
 def fuse(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,25 +195,50 @@ def normalize_f64(x_u8):
     return (x_u8.double() / 255.0 - mean) / std
 
 
-def training_record(state):
-    args = state["args"]
+def command_flags(args):
+    """The train.py flags that reproduce a run, from its saved arguments."""
     flags = []
     for k in RECIPE_FLAGS:
         v = args.get(k)
         if isinstance(v, bool):
             flags += [f"--{k.replace('_', '-')}"] if v else []
-        elif v is not None and not (k == "max_steps" and v == 0):
+        elif v is not None and not (k in ("max_steps", "label_smoothing") and v == 0):
             flags += [f"--{k.replace('_', '-')}", str(v)]
+    return " ".join(flags)
+
+
+def training_record(state):
+    args = state["args"]
+    flags = command_flags(args)
     recipe = (f"SGD (Nesterov, momentum {args['momentum']}, weight decay {args['wd']}), batch {args['batch']}, "
               f"one-cycle LR peaking at {args['lr']} over {args['epochs']} epochs; random crop (4-pixel pad) and "
               f"horizontal flip; {args['activation']} activations")
     if args["activation"] == "quadratic":
         recipe += (f" (least-squares ReLU fit on [-{args['clip']}, {args['clip']}], inputs clamped while training, "
                    f"range penalty {args['penalty']} ramped up over {args['ramp_epochs']} epochs)")
+    if args.get("label_smoothing"):
+        recipe += f"; label smoothing {args['label_smoothing']}"
     if args.get("bf16"):
         recipe += "; bf16 autocast for the training forward pass"
-    return {"epochs_done": state["epoch"], "epochs_planned": args["epochs"], "recipe": recipe,
-            "command": "python model/train.py " + " ".join(flags), "log_tail": [finite(r) for r in state["log"][-5:]]}
+    lineage = warm_start_lineage(args.get("init_from"))
+    if lineage:
+        recipe += "; warm start from " + " <- ".join(f"{r['checkpoint']} ({r['epochs']} epochs)" for r in lineage)
+    return {"epochs_done": state["epoch"], "epochs_planned": args["epochs"],
+            "epochs_total": state["epoch"] + sum(r["epochs"] for r in lineage), "warm_start": lineage,
+            "recipe": recipe, "command": "python model/train.py " + flags,
+            "log_tail": [finite(r) for r in state["log"][-5:]]}
+
+
+def warm_start_lineage(path, depth=8):
+    """The chain of checkpoints a run was warm-started from (`--init-from`), newest first, each with
+    the epochs it trained, so that the manifest states the whole training a model had."""
+    out = []
+    while path and depth > 0 and os.path.exists(path):
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        out.append({"checkpoint": path, "epochs": state["epoch"],
+                    "command": "python model/train.py " + command_flags(state["args"])})
+        path, depth = state["args"].get("init_from"), depth - 1
+    return out
 
 
 def finite(record):

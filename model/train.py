@@ -104,6 +104,10 @@ def main():
     ap.add_argument("--no-clamp-from", type=int, default=0,
                     help="from this epoch (1-based) on, train the exact unclamped function the encrypted "
                          "evaluation computes (0: clamp throughout)")
+    ap.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    ap.add_argument("--channels-last", action="store_true", help="NHWC tensors (oneDNN on CPU: ~10%% faster)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the training forward pass (CPU: ~15%% faster after a minute of compiling)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
     args = ap.parse_args()
 
@@ -121,6 +125,8 @@ def main():
         saved["best_max_act"] = args.best_max_act
         if args.threads:
             saved["threads"] = args.threads
+        saved.setdefault("label_smoothing", 0.0)
+        saved["channels_last"], saved["compile"] = args.channels_last, args.compile
         args = argparse.Namespace(**saved)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,6 +142,10 @@ def main():
     no_decay = [p for n_, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
                           lr=args.lr, momentum=args.momentum, nesterov=True)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    # the compiled module shares the parameters; checkpoints and evaluation use `model` itself
+    train_fwd = torch.compile(model) if args.compile else model
     steps_per_epoch = len(y_train) // args.batch
     total = steps_per_epoch * args.epochs
     start_epoch, log, best = 0, [], 0.0
@@ -165,12 +175,12 @@ def main():
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
         for i in bar:
             idx = perm[i * args.batch:(i + 1) * args.batch]
-            xb, yb = normalize(augment(x_train[idx], gen)), y_train[idx]
+            xb, yb = normalize(augment(x_train[idx], gen)).contiguous(memory_format=fmt), y_train[idx]
             for g in opt.param_groups:
                 g["lr"] = one_cycle_lr(step, total, args.lr)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                logits = model(xb)
-                ce = F.cross_entropy(logits.float(), yb)
+                logits = train_fwd(xb)
+                ce = F.cross_entropy(logits.float(), yb, label_smoothing=args.label_smoothing)
                 pen = model.range_penalty().float()
             loss = ce + args.penalty * ramp * pen
             opt.zero_grad(set_to_none=True)

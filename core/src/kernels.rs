@@ -173,6 +173,23 @@ pub fn mul_const_add(a: &[u64], w: u64, w_shoup52: u64, c: u64, q: &Modulus, out
     }
 }
 
+/// `x[k] = (x[k] * w + c) mod q` in place, `w, c < q`.
+pub fn mul_const_add_in_place(x: &mut [u64], w: u64, w_shoup52: u64, c: u64, q: &Modulus) {
+    assert!(c < q.value());
+    #[cfg(target_arch = "x86_64")]
+    if has_ifma() && q.value() < IFMA_MAX_TARGET {
+        let (n, dst) = (x.len(), x.as_mut_ptr());
+        // SAFETY: as above; each lane of `x` is read before it is written.
+        unsafe { sub_mul_const_ifma(dst as *const u64, None, w, w_shoup52, c, q.value(), dst, n) };
+        return;
+    }
+    let _ = w_shoup52;
+    let ws = q.shoup(w);
+    for v in x.iter_mut() {
+        *v = q.add(q.mul_shoup(*v, w, ws), c);
+    }
+}
+
 /// Raw-pointer kernel so that `b` may be `out` itself (in-place reverse subtraction):
 /// `out = ((a - b) * w + c) mod q`.
 #[cfg(target_arch = "x86_64")]

@@ -10,57 +10,109 @@
 //!
 //! Relinearization and rotations share this one gadget product.
 
+use std::sync::Mutex;
+
 use crate::context::Context;
 use crate::keys::SwitchingKey;
 use crate::par;
 use crate::rns::{ConvInput, RnsPoly};
 
-/// The ModUp'ed digits of one polynomial at one level, NTT form over Q_l ++ P.
+/// The ModUp'ed digits of one polynomial at one level, NTT form over Q_l ++ P, all digits in
+/// one limb-major buffer (digit j is limbs `j * |Q_l ++ P|..`).
 pub struct Decomposition {
     pub level: usize,
-    pub digits: Vec<RnsPoly>,
+    digits: RnsPoly,
+    count: usize,
 }
 
 impl Decomposition {
     /// `c` is in NTT form over Q_level.
+    ///
+    /// Two parallel passes over the whole decomposition rather than one per digit: (1) every
+    /// limb of `c` is inverse-transformed and scaled into its digit's source term; (2) every
+    /// limb of every digit is either copied from `c` (the digit's own primes, exact and already
+    /// NTT) or converted from the digit's terms and transformed while in cache. With dnum = 3
+    /// digits on two threads, a pass per digit left one thread idle for a third of each
+    /// decomposition and synchronized ten times instead of twice.
     pub fn new(ctx: &Context, level: usize, c: &RnsPoly) -> Self {
         let lc = ctx.level(level);
         let nq = level + 1;
         let n = ctx.n();
-        // the conversion folds in the 1/N
-        let coeff = RnsPoly::from_limbs(n, nq, |i, limb| {
+        let width = nq + ctx.p_basis().len();
+        let count = lc.mod_up.len();
+        let digit_of = |i: usize| {
+            lc.mod_up
+                .iter()
+                .position(|d| d.range.contains(&i))
+                .expect("the digits cover Q_l")
+        };
+        // The high parts of split (wider than 52-bit) sources, one slot per limb of c.
+        let highs: Vec<Mutex<Vec<u64>>> = (0..nq)
+            .map(|i| {
+                let d = &lc.mod_up[digit_of(i)];
+                let split = d.conv.is_split(i - d.range.start);
+                Mutex::new(if split { vec![0; n] } else { Vec::new() })
+            })
+            .collect();
+        // the conversion folds in the 1/N of the unnormalized inverse NTT
+        let how = ConvInput {
+            unnormalized: true,
+            offset: None,
+        };
+        let terms = RnsPoly::from_limbs(n, nq, |i, limb| {
             limb.copy_from_slice(c.limb(i));
             lc.q.ntt(i).inverse_unnormalized(limb);
+            let d = &lc.mod_up[digit_of(i)];
+            let mut high = highs[i].lock().expect("one job per limb");
+            let high = (!high.is_empty()).then_some(high.as_mut_slice());
+            d.conv
+                .source_term_in_place(i - d.range.start, how, limb, high);
         });
-        let digits = par::map_range(lc.mod_up.len(), |j| {
-            let dc = &lc.mod_up[j];
-            let r = dc.range.clone();
-            // The digit's own limbs are c itself (exact, already NTT); the others are converted
-            // in place and transformed while in cache.
-            let mut out = RnsPoly::from_limbs(n, nq + ctx.p_basis().len(), |i, limb| {
-                if r.contains(&i) {
-                    limb.copy_from_slice(c.limb(i));
-                }
-            });
-            let others: Vec<&mut [u64]> = out
-                .data_mut()
-                .chunks_mut(n)
-                .enumerate()
-                .filter(|(i, _)| !r.contains(i))
-                .map(|(_, limb)| limb)
-                .collect();
-            let to = dc.conv.to();
-            let how = ConvInput {
-                unnormalized: true,
-                offset: None,
+        let highs: Vec<Vec<u64>> = highs
+            .into_iter()
+            .map(|h| h.into_inner().expect("jobs finished"))
+            .collect();
+        // each digit's terms in its converter's order: low part, then high part if split
+        let digit_terms: Vec<Vec<&[u64]>> = lc
+            .mod_up
+            .iter()
+            .map(|d| {
+                d.range
+                    .clone()
+                    .flat_map(|i| {
+                        std::iter::once(terms.limb(i))
+                            .chain((!highs[i].is_empty()).then_some(highs[i].as_slice()))
+                    })
+                    .collect()
+            })
+            .collect();
+        let digits = RnsPoly::from_limbs(n, count * width, |k, limb| {
+            let (j, i) = (k / width, k % width);
+            let d = &lc.mod_up[j];
+            if d.range.contains(&i) {
+                limb.copy_from_slice(c.limb(i));
+                return;
+            }
+            // row of the converter's target basis (Q_l without the digit) ++ P
+            let row = if i < d.range.start {
+                i
+            } else {
+                i - d.range.len()
             };
-            dc.conv
-                .convert_into(&coeff.slice_limbs(r), how, false, others, |t, row| {
-                    to.ntt(t).forward(row)
-                });
-            out
+            d.conv.row_from_terms(&digit_terms[j], false, row, limb);
+            d.conv.to().ntt(row).forward(limb);
         });
-        Self { level, digits }
+        Self {
+            level,
+            digits,
+            count,
+        }
+    }
+
+    /// Limb `i` of Q_l ++ P of digit `j`.
+    fn digit_limb(&self, j: usize, i: usize) -> &[u64] {
+        let width = self.digits.num_limbs() / self.count;
+        self.digits.limb(j * width + i)
     }
 
     /// `(sum_j d_j * b_j, sum_j d_j * a_j)` over Q_l ++ P. The key may be made for a higher
@@ -77,9 +129,10 @@ impl Decomposition {
         RnsPoly::pair_from_limbs(n, basis.len(), |i, out_b, out_a| {
             let ntt = basis.ntt(i);
             let ki = key_limb(i);
-            for (j, d) in self.digits.iter().enumerate() {
-                ntt.mul_accumulate(out_b, d.limb(i), key.b[j].limb(ki));
-                ntt.mul_accumulate(out_a, d.limb(i), key.a[j].limb(ki));
+            for j in 0..self.count {
+                let d = self.digit_limb(j, i);
+                ntt.mul_accumulate(out_b, d, key.b[j].limb(ki));
+                ntt.mul_accumulate(out_a, d, key.a[j].limb(ki));
             }
         })
     }

@@ -678,15 +678,9 @@ impl BasisConverter {
         if let Some(h) = how.offset {
             assert_eq!(h.len(), self.from.len());
         }
-        // y_i = (x_i * s + h_i) * inv_i = x_i * (s * inv_i) + h_i * inv_i, s = 1 or 1/N
         let mut y = RnsPoly::from_limbs(n, self.from.len(), |i, limb| {
+            let (w, c) = self.source_consts(i, how);
             let m = self.from.modulus(i);
-            let w = if how.unnormalized {
-                self.inv_punctured_n[i]
-            } else {
-                self.inv_punctured[i]
-            };
-            let c = how.offset.map_or(0, |h| m.mul(h[i], self.inv_punctured[i]));
             kernels::mul_const_add(input.limb(i), w, kernels::shoup52(w, m.value()), c, m, limb);
         });
         // The exact conversion's overflow count enters as one more term, with constant -B mod t.
@@ -717,9 +711,8 @@ impl BasisConverter {
         let highs: Vec<Vec<u64>> = (0..self.from.len())
             .filter(|&i| self.split[i])
             .map(|i| {
-                let limb = y.limb_mut(i);
-                let hi = limb.iter().map(|&v| v >> SPLIT_BITS).collect();
-                limb.iter_mut().for_each(|v| *v &= (1 << SPLIT_BITS) - 1);
+                let mut hi = vec![0; n];
+                split_source(y.limb_mut(i), &mut hi);
                 hi
             })
             .collect();
@@ -735,21 +728,71 @@ impl BasisConverter {
         if exact {
             src.push(&overflow);
         }
-        let consts = if exact {
-            &self.row_consts_exact
-        } else {
-            &self.row_consts
-        };
-        let shoup = if exact {
-            &self.shoup52_exact
-        } else {
-            &self.shoup52
-        };
         par::for_each_mut(&mut outs, |j, limb| {
-            let t = self.to.modulus(j);
-            kernels::conversion_row(&src, &consts[j], &shoup[j], t, self.row_ifma[j], limb);
+            self.row_from_terms(&src, exact, j, limb);
             post(j, limb);
         });
+    }
+
+    /// `(w, c)` of source `i`'s term `y_i = (x_i * s + h_i) * inv_i = x_i * w + c`, where
+    /// `inv_i = (B/b_i)^-1 mod b_i` and `s` is 1 or 1/N.
+    fn source_consts(&self, i: usize, how: ConvInput) -> (u64, u64) {
+        let m = self.from.modulus(i);
+        let w = if how.unnormalized {
+            self.inv_punctured_n[i]
+        } else {
+            self.inv_punctured[i]
+        };
+        let c = how.offset.map_or(0, |h| m.mul(h[i], self.inv_punctured[i]));
+        (w, c)
+    }
+
+    /// Whether source `i` enters the rows as two terms (its low and high bits).
+    pub fn is_split(&self, i: usize) -> bool {
+        self.split[i]
+    }
+
+    /// Source `i`'s term, in place over its coefficient-form limb. A split source keeps its low
+    /// bits in `limb` and moves the high ones to `high`. Callers that prepare the terms
+    /// themselves (in one parallel pass with other work) then call
+    /// [`BasisConverter::row_from_terms`] per row.
+    pub fn source_term_in_place(
+        &self,
+        i: usize,
+        how: ConvInput,
+        limb: &mut [u64],
+        high: Option<&mut [u64]>,
+    ) {
+        let (w, c) = self.source_consts(i, how);
+        let m = self.from.modulus(i);
+        kernels::mul_const_add_in_place(limb, w, kernels::shoup52(w, m.value()), c, m);
+        match (self.split[i], high) {
+            (true, Some(hi)) => split_source(limb, hi),
+            (false, None) => {}
+            _ => panic!("a split source needs a high part, and only a split one"),
+        }
+    }
+
+    /// Target row `j` (coefficient form) from the source terms in order: each source's term, a
+    /// split source's high part right after its low part, and the overflow count last if
+    /// `exact`.
+    pub fn row_from_terms(&self, terms: &[&[u64]], exact: bool, j: usize, out: &mut [u64]) {
+        let (consts, shoup) = if exact {
+            (&self.row_consts_exact[j], &self.shoup52_exact[j])
+        } else {
+            (&self.row_consts[j], &self.shoup52[j])
+        };
+        assert_eq!(terms.len(), consts.len());
+        let t = self.to.modulus(j);
+        kernels::conversion_row(terms, consts, shoup, t, self.row_ifma[j], out);
+    }
+}
+
+/// Splits a wide source term: `high = y >> 26`, `y &= 2^26 - 1`.
+fn split_source(limb: &mut [u64], high: &mut [u64]) {
+    for (v, h) in limb.iter_mut().zip(high.iter_mut()) {
+        *h = *v >> SPLIT_BITS;
+        *v &= (1 << SPLIT_BITS) - 1;
     }
 }
 
