@@ -10,8 +10,6 @@
 //!
 //! Relinearization and rotations share this one gadget product.
 
-use std::sync::Mutex;
-
 use crate::context::Context;
 use crate::keys::SwitchingKey;
 use crate::par;
@@ -46,31 +44,32 @@ impl Decomposition {
                 .position(|d| d.range.contains(&i))
                 .expect("the digits cover Q_l")
         };
-        // The high parts of split (wider than 52-bit) sources, one slot per limb of c.
-        let highs: Vec<Mutex<Vec<u64>>> = (0..nq)
-            .map(|i| {
-                let d = &lc.mod_up[digit_of(i)];
-                let split = d.conv.is_split(i - d.range.start);
-                Mutex::new(if split { vec![0; n] } else { Vec::new() })
-            })
-            .collect();
         // the conversion folds in the 1/N of the unnormalized inverse NTT
         let how = ConvInput {
             unnormalized: true,
             offset: None,
         };
-        let terms = RnsPoly::from_limbs(n, nq, |i, limb| {
+        let source = |i: usize| {
+            let d = &lc.mod_up[digit_of(i)];
+            (d, i - d.range.start)
+        };
+        let mut terms = RnsPoly::from_limbs(n, nq, |i, limb| {
             limb.copy_from_slice(c.limb(i));
             lc.q.ntt(i).inverse_unnormalized(limb);
-            let d = &lc.mod_up[digit_of(i)];
-            let mut high = highs[i].lock().expect("one job per limb");
-            let high = (!high.is_empty()).then_some(high.as_mut_slice());
-            d.conv
-                .source_term_in_place(i - d.range.start, how, limb, high);
+            let (d, s) = source(i);
+            d.conv.source_term_in_place(s, how, limb);
         });
-        let highs: Vec<Vec<u64>> = highs
-            .into_iter()
-            .map(|h| h.into_inner().expect("jobs finished"))
+        // High parts of the sources too wide for 52-bit products (60-bit primes; none in the
+        // ResNet set), split off as `convert_into` does.
+        let highs: Vec<Vec<u64>> = (0..nq)
+            .map(|i| {
+                let (d, s) = source(i);
+                if d.conv.is_split(s) {
+                    d.conv.split_term(terms.limb_mut(i))
+                } else {
+                    Vec::new()
+                }
+            })
             .collect();
         // each digit's terms in its converter's order: low part, then high part if split
         let digit_terms: Vec<Vec<&[u64]>> = lc

@@ -710,11 +710,7 @@ impl BasisConverter {
         };
         let highs: Vec<Vec<u64>> = (0..self.from.len())
             .filter(|&i| self.split[i])
-            .map(|i| {
-                let mut hi = vec![0; n];
-                split_source(y.limb_mut(i), &mut hi);
-                hi
-            })
+            .map(|i| self.split_term(y.limb_mut(i)))
             .collect();
         let mut src: Vec<&[u64]> =
             Vec::with_capacity(self.row_consts.first().map_or(0, Vec::len) + 1);
@@ -752,25 +748,25 @@ impl BasisConverter {
         self.split[i]
     }
 
-    /// Source `i`'s term, in place over its coefficient-form limb. A split source keeps its low
-    /// bits in `limb` and moves the high ones to `high`. Callers that prepare the terms
-    /// themselves (in one parallel pass with other work) then call
-    /// [`BasisConverter::row_from_terms`] per row.
-    pub fn source_term_in_place(
-        &self,
-        i: usize,
-        how: ConvInput,
-        limb: &mut [u64],
-        high: Option<&mut [u64]>,
-    ) {
+    /// Source `i`'s term, in place over its coefficient-form limb. Callers that prepare the
+    /// terms themselves (in one parallel pass with other work) split the wide ones with
+    /// [`BasisConverter::split_term`] and then call [`BasisConverter::row_from_terms`] per row.
+    pub fn source_term_in_place(&self, i: usize, how: ConvInput, limb: &mut [u64]) {
         let (w, c) = self.source_consts(i, how);
         let m = self.from.modulus(i);
         kernels::mul_const_add_in_place(limb, w, kernels::shoup52(w, m.value()), c, m);
-        match (self.split[i], high) {
-            (true, Some(hi)) => split_source(limb, hi),
-            (false, None) => {}
-            _ => panic!("a split source needs a high part, and only a split one"),
-        }
+    }
+
+    /// Splits the term of a split source: returns its high bits (`y >> 26`) and keeps the low
+    /// ones in `term`.
+    pub fn split_term(&self, term: &mut [u64]) -> Vec<u64> {
+        term.iter_mut()
+            .map(|v| {
+                let hi = *v >> SPLIT_BITS;
+                *v &= (1 << SPLIT_BITS) - 1;
+                hi
+            })
+            .collect()
     }
 
     /// Target row `j` (coefficient form) from the source terms in order: each source's term, a
@@ -785,14 +781,6 @@ impl BasisConverter {
         assert_eq!(terms.len(), consts.len());
         let t = self.to.modulus(j);
         kernels::conversion_row(terms, consts, shoup, t, self.row_ifma[j], out);
-    }
-}
-
-/// Splits a wide source term: `high = y >> 26`, `y &= 2^26 - 1`.
-fn split_source(limb: &mut [u64], high: &mut [u64]) {
-    for (v, h) in limb.iter_mut().zip(high.iter_mut()) {
-        *h = *v >> SPLIT_BITS;
-        *v &= (1 << SPLIT_BITS) - 1;
     }
 }
 
