@@ -38,7 +38,8 @@ REFERENCE_SEED, REFERENCE_SYNTHETIC, REFERENCE_RECORDS, REFERENCE_TOLERANCE = 20
 FUSION_TOLERANCE = 1e-4
 # Training flags that define a run (the rest only say where and how fast it ran).
 RECIPE_FLAGS = ["init_from", "epochs", "batch", "lr", "momentum", "wd", "clip", "penalty", "ramp_epochs",
-                "label_smoothing", "activation", "n", "seed", "bf16", "channels_last", "compile", "max_steps", "out"]
+                "label_smoothing", "no_clamp_from", "activation", "n", "seed", "bf16", "channels_last",
+                "compile", "max_steps", "out"]
 
 
 def fuse(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +203,7 @@ def command_flags(args):
         v = args.get(k)
         if isinstance(v, bool):
             flags += [f"--{k.replace('_', '-')}"] if v else []
-        elif v is not None and not (k in ("max_steps", "label_smoothing") and v == 0):
+        elif v is not None and not (k in ("max_steps", "label_smoothing", "no_clamp_from") and v == 0):
             flags += [f"--{k.replace('_', '-')}", str(v)]
     return " ".join(flags)
 
