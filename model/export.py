@@ -38,8 +38,8 @@ REFERENCE_SEED, REFERENCE_SYNTHETIC, REFERENCE_RECORDS, REFERENCE_TOLERANCE = 20
 FUSION_TOLERANCE = 1e-4
 # Training flags that define a run (the rest only say where and how fast it ran).
 RECIPE_FLAGS = ["init_from", "epochs", "batch", "lr", "momentum", "wd", "clip", "penalty", "ramp_epochs",
-                "label_smoothing", "no_clamp_from", "activation", "n", "seed", "bf16", "channels_last",
-                "compile", "max_steps", "out"]
+                "label_smoothing", "no_clamp_from", "teacher", "kd_weight", "kd_temp", "activation", "n", "seed",
+                "bf16", "channels_last", "compile", "max_steps", "out"]
 
 
 def fuse(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,6 +201,8 @@ def command_flags(args):
     flags = []
     for k in RECIPE_FLAGS:
         v = args.get(k)
+        if k.startswith("kd_") and not args.get("teacher"):
+            continue
         if isinstance(v, bool):
             flags += [f"--{k.replace('_', '-')}"] if v else []
         elif v is not None and not (k in ("max_steps", "label_smoothing", "no_clamp_from") and v == 0):
@@ -219,6 +221,9 @@ def training_record(state):
                    f"range penalty {args['penalty']} ramped up over {args['ramp_epochs']} epochs)")
     if args.get("label_smoothing"):
         recipe += f"; label smoothing {args['label_smoothing']}"
+    if args.get("teacher"):
+        recipe += (f"; distilled from {args['teacher']} (weight {args['kd_weight']}, "
+                   f"temperature {args['kd_temp']})")
     if args.get("bf16"):
         recipe += "; bf16 autocast for the training forward pass"
     lineage = warm_start_lineage(args.get("init_from"))

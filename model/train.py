@@ -78,6 +78,29 @@ def evaluate(model, x_u8, y, batch=500, track_max=False):
     return correct / len(y), (maxes if track_max else None), in_range / len(y)
 
 
+def load_teacher(path, fmt):
+    """A trained network, frozen in evaluation mode, whose outputs the student learns to match."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    a = state["args"]
+    net = CifarResNet(n=a["n"], clip=a["clip"], activation=a["activation"])
+    net.load_state_dict(state["model"])
+    net = net.to(memory_format=fmt).eval()
+
+    def outputs(x):
+        with torch.no_grad():
+            return net(x)
+
+    return outputs
+
+
+def distillation(student_logits, teacher_logits, temp):
+    """Hinton et al.'s soft-target loss, KL(teacher || student) at temperature `temp`, times temp^2
+    so that its gradients keep their scale as the temperature changes."""
+    s = F.log_softmax(student_logits.float() / temp, dim=1)
+    t = F.log_softmax(teacher_logits.float() / temp, dim=1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temp * temp
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=DEFAULT_DATA)
@@ -104,6 +127,10 @@ def main():
     ap.add_argument("--no-clamp-from", type=int, default=0,
                     help="from this epoch (1-based) on, train the exact unclamped function the encrypted "
                          "evaluation computes (0: clamp throughout)")
+    ap.add_argument("--teacher", help="checkpoint of a trained network (e.g. the ReLU baseline) to distil from: "
+                                      "the loss mixes cross-entropy with the KL divergence to its softened outputs")
+    ap.add_argument("--kd-weight", type=float, default=0.7, help="weight of the distillation term (with --teacher)")
+    ap.add_argument("--kd-temp", type=float, default=4.0, help="softmax temperature of the distillation term")
     ap.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     ap.add_argument("--channels-last", action="store_true", help="NHWC tensors (oneDNN on CPU: ~10%% faster)")
     ap.add_argument("--compile", action="store_true",
@@ -126,6 +153,8 @@ def main():
         if args.threads:
             saved["threads"] = args.threads
         saved.setdefault("label_smoothing", 0.0)
+        for k, v in (("teacher", None), ("kd_weight", 0.7), ("kd_temp", 4.0)):
+            saved.setdefault(k, v)
         saved["channels_last"], saved["compile"] = args.channels_last, args.compile
         args = argparse.Namespace(**saved)
     if args.threads:
@@ -162,6 +191,8 @@ def main():
     elif args.init_from:
         model.load_state_dict(torch.load(args.init_from, map_location="cpu", weights_only=False)["model"])
 
+    teacher = load_teacher(args.teacher, fmt) if args.teacher else None
+
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, args.epochs):
         model.train()
@@ -181,8 +212,11 @@ def main():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 logits = train_fwd(xb)
                 ce = F.cross_entropy(logits.float(), yb, label_smoothing=args.label_smoothing)
+                fit = ce
+                if teacher is not None:
+                    fit = (1 - args.kd_weight) * ce + args.kd_weight * distillation(logits, teacher(xb), args.kd_temp)
                 pen = model.range_penalty().float()
-            loss = ce + args.penalty * ramp * pen
+            loss = fit + args.penalty * ramp * pen
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):
                 # unclamped, a batch can overflow: skip it rather than poison the weights
