@@ -20,6 +20,17 @@ def fit_relu_quadratic(clip: float) -> tuple[float, float, float]:
     return float(a), float(b), float(c)
 
 
+def track_range(act, x):
+    """Accumulates, while evaluating, the largest |input| of an activation and the per-sample flag
+    'every input within [-clip, clip]'."""
+    ax = x.detach().abs()
+    # NaN-aware: a NaN anywhere makes the maximum NaN (torch.max propagates it)
+    m = ax.max()
+    act.max_abs = m if act.max_abs is None else torch.maximum(act.max_abs, m)
+    ok = (ax <= act.clip).flatten(1).all(1)
+    act.in_range = ok if act.in_range is None else act.in_range & ok
+
+
 class QuadAct(nn.Module):
     """Quadratic activation; records the penalty for inputs outside [-clip, clip]."""
 
@@ -39,12 +50,7 @@ class QuadAct(nn.Module):
 
     def forward(self, x):
         if self.track_max:
-            ax = x.detach().abs()
-            # NaN-aware: a NaN anywhere makes the maximum NaN (torch.max propagates it)
-            m = ax.max()
-            self.max_abs = m if self.max_abs is None else torch.maximum(self.max_abs, m)
-            ok = (ax <= self.clip).flatten(1).all(1)
-            self.in_range = ok if self.in_range is None else self.in_range & ok
+            track_range(self, x)
         if self.training:
             # squared excess per sample, summed over the tensor (PAPER's weight 1e-3 is for a sum)
             self.penalty = F.relu(x.abs() - self.clip).pow(2).flatten(1).sum(1).mean()
@@ -58,11 +64,16 @@ class ReluAct(nn.Module):
 
     def __init__(self, clip: float):
         super().__init__()
+        self.clip = clip
         self.penalty = None
         self.max_abs = None
         self.track_max = False
+        self.in_range = None
 
     def forward(self, x):
+        if self.track_max:
+            # the ranges a ReLU network's activations see: what a polynomial would have to cover
+            track_range(self, x)
         return F.relu(x)
 
 
