@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from hemodel import CIFAR10_MEAN, CIFAR10_STD, CifarResNet, QuadAct, load_cifar_bin
+from hemodel import CIFAR10_MEAN, CIFAR10_STD, CifarResNet, QuadAct, load_cifar_bin, model_from_checkpoint
 from train import DEFAULT_DATA
 
 FORMAT, VERSION = "blindsight-model", 1
@@ -278,9 +278,7 @@ def main():
 
     state = torch.load(args.ckpt, map_location="cpu", weights_only=False)
     targs = state["args"]
-    model = CifarResNet(n=targs["n"], clip=targs["clip"], activation=targs["activation"])
-    model.load_state_dict(state["model"])
-    model.eval()
+    model = model_from_checkpoint(state)
     nodes, fused64, output = build_graph(model)
     tensors = {k: v.float() for k, v in fused64.items()}
 

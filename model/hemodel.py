@@ -137,6 +137,14 @@ class CifarResNet(nn.Module):
         return torch.stack(ps).sum() if ps else torch.zeros(())
 
 
+def model_from_checkpoint(state):
+    """The network a `train.py` checkpoint (already loaded) holds, in evaluation mode."""
+    a = state["args"]
+    model = CifarResNet(n=a["n"], clip=a["clip"], activation=a["activation"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 

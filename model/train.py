@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from hemodel import CifarResNet, load_cifar_bin, normalize
+from hemodel import CifarResNet, load_cifar_bin, model_from_checkpoint, normalize
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
 
@@ -80,11 +80,7 @@ def evaluate(model, x_u8, y, batch=500, track_max=False):
 
 def load_teacher(path, fmt):
     """A trained network, frozen in evaluation mode, whose outputs the student learns to match."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    a = state["args"]
-    net = CifarResNet(n=a["n"], clip=a["clip"], activation=a["activation"])
-    net.load_state_dict(state["model"])
-    net = net.to(memory_format=fmt).eval()
+    net = model_from_checkpoint(torch.load(path, map_location="cpu", weights_only=False)).to(memory_format=fmt)
 
     def outputs(x):
         with torch.no_grad():
@@ -152,9 +148,8 @@ def main():
         saved["best_max_act"] = args.best_max_act
         if args.threads:
             saved["threads"] = args.threads
-        saved.setdefault("label_smoothing", 0.0)
-        for k, v in (("teacher", None), ("kd_weight", 0.7), ("kd_temp", 4.0)):
-            saved.setdefault(k, v)
+        for k in ("label_smoothing", "teacher", "kd_weight", "kd_temp"):  # flags newer than the run
+            saved.setdefault(k, ap.get_default(k))
         saved["channels_last"], saved["compile"] = args.channels_last, args.compile
         args = argparse.Namespace(**saved)
     if args.threads:
