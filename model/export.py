@@ -38,7 +38,7 @@ REFERENCE_SEED, REFERENCE_SYNTHETIC, REFERENCE_RECORDS, REFERENCE_TOLERANCE = 20
 FUSION_TOLERANCE = 1e-4
 # Training flags that define a run (the rest only say where and how fast it ran).
 RECIPE_FLAGS = ["init_from", "epochs", "batch", "lr", "momentum", "wd", "clip", "penalty", "ramp_epochs",
-                "label_smoothing", "no_clamp_from", "teacher", "kd_weight", "kd_temp", "activation", "n", "seed",
+                "label_smoothing", "cutout", "no_clamp_from", "teacher", "kd_weight", "kd_temp", "activation", "n", "seed",
                 "bf16", "channels_last", "compile", "max_steps", "out"]
 
 
@@ -205,7 +205,7 @@ def command_flags(args):
             continue
         if isinstance(v, bool):
             flags += [f"--{k.replace('_', '-')}"] if v else []
-        elif v is not None and not (k in ("max_steps", "label_smoothing", "no_clamp_from") and v == 0):
+        elif v is not None and not (k in ("max_steps", "label_smoothing", "cutout", "no_clamp_from") and v == 0):
             flags += [f"--{k.replace('_', '-')}", str(v)]
     return " ".join(flags)
 
@@ -221,6 +221,8 @@ def training_record(state):
                    f"range penalty {args['penalty']} ramped up over {args['ramp_epochs']} epochs)")
     if args.get("label_smoothing"):
         recipe += f"; label smoothing {args['label_smoothing']}"
+    if args.get("cutout"):
+        recipe += f"; Cutout {args['cutout']}x{args['cutout']}"
     if args.get("teacher"):
         recipe += (f"; distilled from {args['teacher']} (weight {args['kd_weight']}, "
                    f"temperature {args['kd_temp']})")
