@@ -38,8 +38,8 @@ REFERENCE_SEED, REFERENCE_SYNTHETIC, REFERENCE_RECORDS, REFERENCE_TOLERANCE = 20
 FUSION_TOLERANCE = 1e-4
 # Training flags that define a run (the rest only say where and how fast it ran).
 RECIPE_FLAGS = ["init_from", "epochs", "batch", "lr", "momentum", "wd", "clip", "penalty", "ramp_epochs",
-                "label_smoothing", "cutout", "no_clamp_from", "teacher", "kd_weight", "kd_temp", "activation", "n", "seed",
-                "bf16", "channels_last", "compile", "max_steps", "out"]
+                "label_smoothing", "cutout", "no_clamp_from", "teacher", "kd_weight", "kd_temp", "activation", "n",
+                "seed", "bf16", "channels_last", "compile", "max_steps", "out"]
 
 
 def fuse(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

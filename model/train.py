@@ -163,8 +163,8 @@ def main():
         saved["best_max_act"] = args.best_max_act
         if args.threads:
             saved["threads"] = args.threads
-        for k in ("label_smoothing", "teacher", "kd_weight", "kd_temp", "cutout"):  # flags newer than the run
-            saved.setdefault(k, ap.get_default(k))
+        for k, v in vars(ap.parse_args([])).items():  # flags newer than the run take their defaults
+            saved.setdefault(k, v)
         saved["channels_last"], saved["compile"] = args.channels_last, args.compile
         args = argparse.Namespace(**saved)
     if args.threads:
