@@ -39,7 +39,7 @@ FUSION_TOLERANCE = 1e-4
 # Training flags that define a run (the rest only say where and how fast it ran).
 RECIPE_FLAGS = ["init_from", "epochs", "batch", "lr", "momentum", "wd", "clip", "penalty", "ramp_epochs",
                 "label_smoothing", "cutout", "no_clamp_from", "teacher", "kd_weight", "kd_temp", "activation", "n",
-                "seed", "bf16", "channels_last", "compile", "max_steps", "out"]
+                "width", "device", "time_budget", "seed", "bf16", "channels_last", "compile", "max_steps", "out"]
 
 
 def fuse(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,7 +205,10 @@ def command_flags(args):
             continue
         if isinstance(v, bool):
             flags += [f"--{k.replace('_', '-')}"] if v else []
-        elif v is not None and not (k in ("max_steps", "label_smoothing", "cutout", "no_clamp_from") and v == 0):
+        elif isinstance(v, list):
+            flags += [f"--{k.replace('_', '-')}", *map(str, v)]
+        elif v is not None and not (k in ("max_steps", "label_smoothing", "cutout", "no_clamp_from", "time_budget")
+                                    and v == 0) and not (k, v) in (("width", 16), ("device", "cpu")):
             flags += [f"--{k.replace('_', '-')}", str(v)]
     return " ".join(flags)
 
@@ -224,7 +227,8 @@ def training_record(state):
     if args.get("cutout"):
         recipe += f"; Cutout {args['cutout']}x{args['cutout']}"
     if args.get("teacher"):
-        recipe += (f"; distilled from {args['teacher']} (weight {args['kd_weight']}, "
+        teachers = args["teacher"] if isinstance(args["teacher"], list) else [args["teacher"]]
+        recipe += (f"; distilled from {' + '.join(teachers)} (weight {args['kd_weight']}, "
                    f"temperature {args['kd_temp']})")
     if args.get("bf16"):
         recipe += "; bf16 autocast for the training forward pass"

@@ -134,13 +134,13 @@ class CifarResNet(nn.Module):
 
     def range_penalty(self):
         ps = [m.penalty for m in self.activations() if m.penalty is not None]
-        return torch.stack(ps).sum() if ps else torch.zeros(())
+        return torch.stack(ps).sum() if ps else torch.zeros((), device=self.fc.weight.device)
 
 
 def model_from_checkpoint(state):
     """The network a `train.py` checkpoint (already loaded) holds, in evaluation mode."""
     a = state["args"]
-    model = CifarResNet(n=a["n"], clip=a["clip"], activation=a["activation"])
+    model = CifarResNet(n=a["n"], width=a.get("width", 16), clip=a["clip"], activation=a["activation"])
     model.load_state_dict(state["model"])
     return model.eval()
 
@@ -161,6 +161,6 @@ def load_cifar_bin(path, limit=None):
 
 
 def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(CIFAR10_MEAN, device=x_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, device=x_uint8.device).view(1, 3, 1, 1)
     return (x_uint8.float() / 255.0 - mean) / std

@@ -37,19 +37,29 @@ def one_cycle_lr(step, total, peak, warm_frac=0.15, start_div=10.0, final_div=10
     return lo + (peak - lo) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def one_cycle_at(frac, peak, warm_frac=0.15, start_div=10.0, final_div=1000.0):
+    """`one_cycle_lr` as a function of the fraction of the run done (time-budgeted runs)."""
+    if frac < warm_frac:
+        return peak / start_div + (peak - peak / start_div) * frac / warm_frac
+    t = min(1.0, (frac - warm_frac) / (1.0 - warm_frac))
+    lo = peak / final_div
+    return lo + (peak - lo) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def augment(batch_u8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random 32x32 crop of the 4-pixel zero-padded image, and a horizontal flip with probability 1/2."""
-    n = batch_u8.shape[0]
+    """Random 32x32 crop of the 4-pixel zero-padded image, and a horizontal flip with probability 1/2.
+    Runs wherever the batch lives (`gen` must live there too), without host synchronization."""
+    n, dev = batch_u8.shape[0], batch_u8.device
     padded = F.pad(batch_u8, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=gen)
-    dx = torch.randint(0, 9, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(32)[None, :])[:, None, :, None].expand(n, 3, 32, 40)
-    cols = (dx[:, None] + torch.arange(32)[None, :])[:, None, None, :].expand(n, 3, 32, 32)
+    dy = torch.randint(0, 9, (n,), generator=gen, device=dev)
+    dx = torch.randint(0, 9, (n,), generator=gen, device=dev)
+    ar = torch.arange(32, device=dev)
+    rows = (dy[:, None] + ar[None, :])[:, None, :, None].expand(n, 3, 32, 40)
+    cols = (dx[:, None] + ar[None, :])[:, None, None, :].expand(n, 3, 32, 32)
     out = padded.gather(2, rows)  # rows first, then columns: two small gathers
     out = out.gather(3, cols)
-    flip = torch.rand(n, generator=gen) < 0.5
-    out[flip] = out[flip].flip(3)
-    return out
+    flip = torch.rand(n, generator=gen, device=dev) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
 def cutout(batch: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
@@ -57,10 +67,10 @@ def cutout(batch: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor
     image, at a uniformly random centre; a regularizer that pays off over long schedules."""
     if size <= 0:
         return batch
-    n, _, h, w = batch.shape
-    cy = torch.randint(0, h, (n, 1, 1), generator=gen)
-    cx = torch.randint(0, w, (n, 1, 1), generator=gen)
-    ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    (n, _, h, w), dev = batch.shape, batch.device
+    cy = torch.randint(0, h, (n, 1, 1), generator=gen, device=dev)
+    cx = torch.randint(0, w, (n, 1, 1), generator=gen, device=dev)
+    ys, xs = torch.arange(h, device=dev)[None, :, None], torch.arange(w, device=dev)[None, None, :]
     lo = size // 2
     hole = (ys >= cy - lo) & (ys < cy - lo + size) & (xs >= cx - lo) & (xs < cx - lo + size)
     return batch * (~hole)[:, None].to(batch.dtype)
@@ -92,23 +102,29 @@ def evaluate(model, x_u8, y, batch=500, track_max=False):
     return correct / len(y), (maxes if track_max else None), in_range / len(y)
 
 
-def load_teacher(path, fmt):
-    """A trained network, frozen in evaluation mode, whose outputs the student learns to match."""
-    net = model_from_checkpoint(torch.load(path, map_location="cpu", weights_only=False)).to(memory_format=fmt)
+def load_teacher(paths, fmt, temp, device="cpu"):
+    """Trained networks, frozen in evaluation mode, whose softened outputs the student learns to
+    match. Several make an ensemble: the mean of their probabilities at temperature `temp` (an
+    ensemble of two of our quadratic networks is about a point more accurate than either)."""
+    if isinstance(paths, str):  # runs saved before --teacher took several checkpoints
+        paths = [paths]
+    nets = [model_from_checkpoint(torch.load(p, map_location="cpu", weights_only=False))
+            .to(device, memory_format=fmt) for p in paths]
 
-    def outputs(x):
+    def log_probs(x):
         with torch.no_grad():
-            return net(x)
+            lp = torch.stack([F.log_softmax(net(x).float() / temp, dim=1) for net in nets])
+            return torch.logsumexp(lp, dim=0) - math.log(len(nets))
 
-    return outputs
+    return log_probs
 
 
-def distillation(student_logits, teacher_logits, temp):
-    """Hinton et al.'s soft-target loss, KL(teacher || student) at temperature `temp`, times temp^2
-    so that its gradients keep their scale as the temperature changes."""
+def distillation(student_logits, teacher_log_probs, temp):
+    """Hinton et al.'s soft-target loss, KL(teacher || student) at temperature `temp` (the teacher's
+    log-probabilities already softened at it), times temp^2 so that its gradients keep their scale
+    as the temperature changes."""
     s = F.log_softmax(student_logits.float() / temp, dim=1)
-    t = F.log_softmax(teacher_logits.float() / temp, dim=1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temp * temp
+    return F.kl_div(s, teacher_log_probs, log_target=True, reduction="batchmean") * temp * temp
 
 
 def main():
@@ -128,6 +144,12 @@ def main():
     ap.add_argument("--ramp-epochs", type=float, default=5.0, help="epochs over which the penalty ramps up")
     ap.add_argument("--activation", choices=["quadratic", "relu"], default="quadratic")
     ap.add_argument("--n", type=int, default=3, help="blocks per stage: 3 = ResNet-20, 5 = ResNet-32")
+    ap.add_argument("--width", type=int, default=16,
+                    help="channels of the first stage (16: the ResNet of the paper; 64: a wide teacher)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: data, augmentation and model on the GPU")
+    ap.add_argument("--time-budget", type=float, default=0.0,
+                    help="seconds from start: the one-cycle schedule follows wall-clock time instead of "
+                         "--epochs and the run stops when the time is up (a GPU lease of fixed length)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the training forward pass (CPU: ~1.5x)")
@@ -137,8 +159,10 @@ def main():
     ap.add_argument("--no-clamp-from", type=int, default=0,
                     help="from this epoch (1-based) on, train the exact unclamped function the encrypted "
                          "evaluation computes (0: clamp throughout)")
-    ap.add_argument("--teacher", help="checkpoint of a trained network (e.g. the ReLU baseline) to distil from: "
-                                      "the loss mixes cross-entropy with the KL divergence to its softened outputs")
+    ap.add_argument("--teacher", nargs="+",
+                    help="checkpoints of trained networks (e.g. the ReLU baseline, or an ensemble of earlier runs) "
+                         "to distil from: the loss mixes cross-entropy with the KL divergence to their averaged "
+                         "softened outputs")
     ap.add_argument("--kd-weight", type=float, default=0.7, help="weight of the distillation term (with --teacher)")
     ap.add_argument("--kd-temp", type=float, default=4.0, help="softmax temperature of the distillation term")
     ap.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
@@ -146,8 +170,13 @@ def main():
     ap.add_argument("--channels-last", action="store_true", help="NHWC tensors (oneDNN on CPU: ~10%% faster)")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the training forward pass (CPU: ~15%% faster after a minute of compiling)")
+    ap.add_argument("--eval-every", type=int, default=1,
+                    help="evaluate (and checkpoint) every this many epochs, and after the last one")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
     args = ap.parse_args()
+    started = time.time()
+    if args.time_budget < 0:
+        ap.error("--time-budget must be positive (0: schedule by --epochs)")
 
     state = None
     if args.resume:
@@ -165,7 +194,7 @@ def main():
             saved["threads"] = args.threads
         for k, v in vars(ap.parse_args([])).items():  # flags newer than the run take their defaults
             saved.setdefault(k, v)
-        saved["channels_last"], saved["compile"] = args.channels_last, args.compile
+        saved["channels_last"], saved["compile"], saved["device"] = args.channels_last, args.compile, args.device
         args = argparse.Namespace(**saved)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,54 +202,77 @@ def main():
     os.makedirs(args.out, exist_ok=True)
 
     xs, ys = zip(*(load_cifar_bin(os.path.join(args.data, "jpeg75", f"data_batch_{i}.bin")) for i in range(1, 6)))
-    x_train, y_train = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
-    x_test, y_test = map(torch.from_numpy, load_cifar_bin(os.path.join(args.data, "jpeg75", "test_batch.bin")))
+    dev = torch.device(args.device)
+    x_train, y_train = torch.from_numpy(np.concatenate(xs)).to(dev), torch.from_numpy(np.concatenate(ys)).to(dev)
+    x_test, y_test = (torch.from_numpy(a).to(dev)
+                      for a in load_cifar_bin(os.path.join(args.data, "jpeg75", "test_batch.bin")))
 
-    model = CifarResNet(n=args.n, clip=args.clip, activation=args.activation)
+    model = CifarResNet(n=args.n, width=args.width, clip=args.clip, activation=args.activation)
     decay = [p for n_, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n_, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
                           lr=args.lr, momentum=args.momentum, nesterov=True)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = model.to(dev, memory_format=fmt)
     # the compiled module shares the parameters; checkpoints and evaluation use `model` itself
     train_fwd = torch.compile(model) if args.compile else model
     steps_per_epoch = len(y_train) // args.batch
     total = steps_per_epoch * args.epochs
     start_epoch, log, best = 0, [], 0.0
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator(device=dev).manual_seed(args.seed)
     if state:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        opt.load_state_dict(state["opt"])  # moves the momentum buffers to the parameters' device
         start_epoch, log = state["epoch"], state["log"]
         # recomputed under the current criterion (older runs kept exploding epochs as best)
-        best = max((r["test_acc_jpeg75"] for r in log
-                    if r["max_act_input"] == r["max_act_input"] and r["max_act_input"] < args.best_max_act),
+        best = max((r["test_acc_jpeg75"] for r in log if "test_acc_jpeg75" in r
+                    and r["max_act_input"] == r["max_act_input"] and r["max_act_input"] < args.best_max_act),
                    default=0.0)
-        gen.set_state(state["gen"])
+        try:
+            gen.set_state(state["gen"])
+        except RuntimeError:  # saved on another device: the augmentation stream starts afresh
+            pass
     elif args.init_from:
         model.load_state_dict(torch.load(args.init_from, map_location="cpu", weights_only=False)["model"])
 
-    teacher = load_teacher(args.teacher, fmt) if args.teacher else None
+    teacher = load_teacher(args.teacher, fmt, args.kd_temp, dev) if args.teacher else None
 
     step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, args.epochs):
+    budgeted = args.time_budget > 0
+    deadline = started + args.time_budget
+    clock = None  # budgeted: when the schedule's clock started (after the first, compiling, step)
+    out_of_time = False
+    for epoch in range(start_epoch, 10 ** 9 if budgeted else args.epochs):
         model.train()
-        perm = torch.randperm(len(y_train), generator=gen)
-        t0, tot_loss, tot_pen, correct, seen = time.time(), 0.0, 0.0, 0, 0
+        perm = torch.randperm(len(y_train), generator=gen, device=dev)
+        t0, seen = time.time(), 0
+        # running sums stay on the device: reading them every step would stall the GPU queue
+        tot_loss, tot_pen, correct = (torch.zeros((), device=dev) for _ in range(3))
         ramp = min(1.0, (epoch + 1) / args.ramp_epochs) if args.ramp_epochs > 0 else 1.0
         unclamped = bool(args.no_clamp_from) and epoch + 1 >= args.no_clamp_from
         for a in model.activations():
             a.clamp_in_training = not unclamped
         skipped = 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{'?' if budgeted else args.epochs}",
+                   leave=False, disable=dev.type != "cpu")
         for i in bar:
             idx = perm[i * args.batch:(i + 1) * args.batch]
             xb = cutout(normalize(augment(x_train[idx], gen)), args.cutout, gen)
             xb, yb = xb.contiguous(memory_format=fmt), y_train[idx]
+            if budgeted:
+                now = time.time()
+                if clock is None and step > start_epoch * steps_per_epoch:
+                    clock = now
+                frac = 0.0 if clock is None else (now - clock) / max(deadline - clock, 1e-9)
+                if frac >= 1.0:
+                    out_of_time = True
+                    break
+                lr = one_cycle_at(frac, args.lr)
+            else:
+                lr = one_cycle_lr(step, total, args.lr)
             for g in opt.param_groups:
-                g["lr"] = one_cycle_lr(step, total, args.lr)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                g["lr"] = lr
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
                 logits = train_fwd(xb)
                 ce = F.cross_entropy(logits.float(), yb, label_smoothing=args.label_smoothing)
                 fit = ce
@@ -229,7 +281,7 @@ def main():
                 pen = model.range_penalty().float()
             loss = fit + args.penalty * ramp * pen
             opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
+            if unclamped and not torch.isfinite(loss):
                 # unclamped, a batch can overflow: skip it rather than poison the weights
                 skipped += 1
                 step += 1
@@ -238,32 +290,47 @@ def main():
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             step += 1
-            tot_loss += ce.item() * len(yb)
-            tot_pen += pen.item() * len(yb)
-            correct += (logits.argmax(1) == yb).sum().item()
+            tot_loss += ce.detach() * len(yb)
+            tot_pen += pen.detach().to(dev) * len(yb)
+            correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
-            bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+            if dev.type == "cpu":
+                bar.set_postfix(loss=f"{tot_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
             if args.max_steps and step >= args.max_steps:
                 break
-        test_acc, maxes, in_range = evaluate(model, x_test, y_test, track_max=True)
-        worst = float("nan") if any(math.isnan(m) for m in maxes) else max(maxes)
+        tot_loss, tot_pen, correct = tot_loss.item(), tot_pen.item(), correct.item()
+        last = out_of_time or (args.max_steps and step >= args.max_steps) or (not budgeted and epoch + 1 == args.epochs)
         rec = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "penalty": tot_pen / max(seen, 1), "test_acc_jpeg75": test_acc, "max_act_input": worst,
-               "test_in_range": in_range, "clamped": not unclamped, "skipped_batches": skipped,
-               "lr_end": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+               "penalty": tot_pen / max(seen, 1), "clamped": not unclamped, "skipped_batches": skipped,
+               "lr_end": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "steps": step}
+        if not last and (epoch + 1) % args.eval_every:
+            log.append(rec)
+            print(json.dumps(rec), flush=True)
+            with open(os.path.join(args.out, "log.jsonl"), "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            continue
+        test_acc, maxes, in_range = evaluate(model, x_test, y_test, batch=500 if dev.type == "cpu" else 2500,
+                                             track_max=True)
+        worst = float("nan") if any(math.isnan(m) for m in maxes) else max(maxes)
+        rec.update({"test_acc_jpeg75": test_acc, "max_act_input": worst, "test_in_range": in_range})
         log.append(rec)
         print(json.dumps(rec), flush=True)
         with open(os.path.join(args.out, "log.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
         is_best = test_acc > best and worst < args.best_max_act
         best = test_acc if is_best else best
-        ckpt = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "log": log,
+        if out_of_time:
+            args.epochs = epoch + 1  # what the record says was run (the last epoch partial)
+        cpu = lambda d: {k: v.cpu() if torch.is_tensor(v) else v for k, v in d.items()}  # noqa: E731
+        opt_state = opt.state_dict()
+        opt_state["state"] = {k: cpu(v) for k, v in opt_state["state"].items()}
+        ckpt = {"model": cpu(model.state_dict()), "opt": opt_state, "epoch": epoch + 1, "log": log,
                 "args": vars(args), "gen": gen.get_state(), "best": best}
         torch.save(ckpt, os.path.join(args.out, "last.pt.tmp"))
         os.replace(os.path.join(args.out, "last.pt.tmp"), os.path.join(args.out, "last.pt"))
         if is_best:
             torch.save(ckpt, os.path.join(args.out, "best.pt"))
-        if args.max_steps and step >= args.max_steps:
+        if last:
             break
 
 
