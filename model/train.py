@@ -27,18 +27,15 @@ from hemodel import CifarResNet, load_cifar_bin, model_from_checkpoint, normaliz
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
 
 
-def one_cycle_lr(step, total, peak, warm_frac=0.15, start_div=10.0, final_div=1000.0):
-    """Linear warm-up from peak/start_div to peak, then cosine down to peak/final_div."""
+def one_cycle_lr(step, total, peak, warm_frac=0.15):
+    """`one_cycle_at` by step, the warm-up a whole number of steps (as runs to be resumed were made)."""
     warm = max(1, int(total * warm_frac))
-    if step < warm:
-        return peak / start_div + (peak - peak / start_div) * step / warm
-    t = min(1.0, (step - warm) / max(1, total - warm))
-    lo = peak / final_div
-    return lo + (peak - lo) * 0.5 * (1 + math.cos(math.pi * t))
+    return one_cycle_at(step / total, peak, warm / total)
 
 
 def one_cycle_at(frac, peak, warm_frac=0.15, start_div=10.0, final_div=1000.0):
-    """`one_cycle_lr` as a function of the fraction of the run done (time-budgeted runs)."""
+    """Linear warm-up from peak/start_div to peak over the first `warm_frac` of the run, then cosine down
+    to peak/final_div; `frac` is the fraction of the run done (of its steps, or of its time budget)."""
     if frac < warm_frac:
         return peak / start_div + (peak - peak / start_div) * frac / warm_frac
     t = min(1.0, (frac - warm_frac) / (1.0 - warm_frac))
@@ -237,6 +234,12 @@ def main():
 
     teacher = load_teacher(args.teacher, fmt, args.kd_temp, dev) if args.teacher else None
 
+    def record(rec):
+        log.append(rec)
+        print(json.dumps(rec), flush=True)
+        with open(os.path.join(args.out, "log.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
     step = start_epoch * steps_per_epoch
     budgeted = args.time_budget > 0
     deadline = started + args.time_budget
@@ -291,7 +294,7 @@ def main():
             opt.step()
             step += 1
             tot_loss += ce.detach() * len(yb)
-            tot_pen += pen.detach().to(dev) * len(yb)
+            tot_pen += pen.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
             if dev.type == "cpu":
@@ -304,19 +307,13 @@ def main():
                "penalty": tot_pen / max(seen, 1), "clamped": not unclamped, "skipped_batches": skipped,
                "lr_end": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "steps": step}
         if not last and (epoch + 1) % args.eval_every:
-            log.append(rec)
-            print(json.dumps(rec), flush=True)
-            with open(os.path.join(args.out, "log.jsonl"), "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            record(rec)
             continue
         test_acc, maxes, in_range = evaluate(model, x_test, y_test, batch=500 if dev.type == "cpu" else 2500,
                                              track_max=True)
         worst = float("nan") if any(math.isnan(m) for m in maxes) else max(maxes)
         rec.update({"test_acc_jpeg75": test_acc, "max_act_input": worst, "test_in_range": in_range})
-        log.append(rec)
-        print(json.dumps(rec), flush=True)
-        with open(os.path.join(args.out, "log.jsonl"), "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        record(rec)
         is_best = test_acc > best and worst < args.best_max_act
         best = test_acc if is_best else best
         if out_of_time:
