@@ -7,7 +7,8 @@ exact_prefix holds with true pixels, so the JPEG step's cost is measured on the 
 1017 true-pixel images, the same network evaluated with its activation inputs clamped (what the
 range costs), and the mean of the probabilities on the image and its mirror (flip test-time
 augmentation, a two-member ensemble for twice the encrypted work). With several checkpoints it
-also gives each pair's ensemble (mean of probabilities) on jpeg75.
+also gives each pair's ensemble (mean of probabilities) on jpeg75, plain and flip-averaged (what
+`train.py --teacher --teacher-flip` distils from).
 
     PYTHONPATH=model python model/evaluate.py model/checkpoints/resnet20q7-last.pt model/checkpoints/resnet20q4-last.pt
 """
@@ -65,7 +66,7 @@ def main():
     if not torch.equal(y_jpeg[:PREFIX], y_true):
         raise SystemExit("exact_prefix's labels differ from the first jpeg75 test records: not the same images")
 
-    probs = {}
+    probs, flip_probs = {}, {}
     print("checkpoint: jpeg75 | jpeg75 first 1017 | true-pixel 1017 | jpeg75 clamped | jpeg75 flip-averaged")
     for path in args.checkpoints:
         model = model_from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
@@ -75,12 +76,13 @@ def main():
             clamped = logits(model, x_jpeg)
         p = plain.softmax(1)
         flipped = p + logits(model, x_jpeg.flip(3)).softmax(1)
-        probs[path] = p
+        probs[path], flip_probs[path] = p, flipped
         print(f"{path}: {accuracy(plain, y_jpeg):.4f} | {accuracy(plain[:PREFIX], y_true):.4f} | "
               f"{accuracy(true, y_true):.4f} | {accuracy(clamped, y_jpeg):.4f} | {accuracy(flipped, y_jpeg):.4f}",
               flush=True)
     for a, b in itertools.combinations(probs, 2):
-        print(f"ensemble {a} + {b}: jpeg75 {accuracy(probs[a] + probs[b], y_jpeg):.4f}")
+        print(f"ensemble {a} + {b}: jpeg75 {accuracy(probs[a] + probs[b], y_jpeg):.4f}, "
+              f"flip-averaged {accuracy(flip_probs[a] + flip_probs[b], y_jpeg):.4f}")
 
 
 if __name__ == "__main__":

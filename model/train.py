@@ -99,10 +99,12 @@ def evaluate(model, x_u8, y, batch=500, track_max=False):
     return correct / len(y), (maxes if track_max else None), in_range / len(y)
 
 
-def load_teacher(paths, fmt, temp, device="cpu"):
+def load_teacher(paths, fmt, temp, device="cpu", flip=False):
     """Trained networks, frozen in evaluation mode, whose softened outputs the student learns to
     match. Several make an ensemble: the mean of their probabilities at temperature `temp` (an
-    ensemble of two of our quadratic networks is about a point more accurate than either)."""
+    ensemble of two of our quadratic networks is about a point more accurate than either). With
+    `flip` each also sees the mirrored batch (test-time augmentation: resnet20q11 + the GPU ReLU
+    run go from 90.69% to 91.05% on jpeg75, for twice the teacher work)."""
     if isinstance(paths, str):  # runs saved before --teacher took several checkpoints
         paths = [paths]
     nets = [model_from_checkpoint(torch.load(p, map_location="cpu", weights_only=False))
@@ -110,8 +112,9 @@ def load_teacher(paths, fmt, temp, device="cpu"):
 
     def log_probs(x):
         with torch.no_grad():
-            lp = torch.stack([F.log_softmax(net(x).float() / temp, dim=1) for net in nets])
-            return torch.logsumexp(lp, dim=0) - math.log(len(nets))
+            views = [x, x.flip(3).contiguous(memory_format=fmt)] if flip else [x]
+            lp = torch.stack([F.log_softmax(net(v).float() / temp, dim=1) for net in nets for v in views])
+            return torch.logsumexp(lp, dim=0) - math.log(len(lp))
 
     return log_probs
 
@@ -160,6 +163,8 @@ def main():
                     help="checkpoints of trained networks (e.g. the ReLU baseline, or an ensemble of earlier runs) "
                          "to distil from: the loss mixes cross-entropy with the KL divergence to their averaged "
                          "softened outputs")
+    ap.add_argument("--teacher-flip", action="store_true",
+                    help="the teachers also see the mirrored batch and their probabilities are averaged over both")
     ap.add_argument("--kd-weight", type=float, default=0.7, help="weight of the distillation term (with --teacher)")
     ap.add_argument("--kd-temp", type=float, default=4.0, help="softmax temperature of the distillation term")
     ap.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
@@ -232,7 +237,7 @@ def main():
     elif args.init_from:
         model.load_state_dict(torch.load(args.init_from, map_location="cpu", weights_only=False)["model"])
 
-    teacher = load_teacher(args.teacher, fmt, args.kd_temp, dev) if args.teacher else None
+    teacher = load_teacher(args.teacher, fmt, args.kd_temp, dev, args.teacher_flip) if args.teacher else None
 
     def record(rec):
         log.append(rec)
