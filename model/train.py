@@ -99,16 +99,19 @@ def evaluate(model, x_u8, y, batch=500, track_max=False):
     return correct / len(y), (maxes if track_max else None), in_range / len(y)
 
 
-def load_teacher(paths, fmt, temp, device="cpu", flip=False):
+def load_teacher(paths, fmt, temp, device="cpu", flip=False, compile_=False):
     """Trained networks, frozen in evaluation mode, whose softened outputs the student learns to
     match. Several make an ensemble: the mean of their probabilities at temperature `temp` (an
     ensemble of two of our quadratic networks is about a point more accurate than either). With
     `flip` each also sees the mirrored batch (test-time augmentation: resnet20q11 + the GPU ReLU
-    run go from 90.69% to 91.05% on jpeg75, for twice the teacher work)."""
+    run go from 90.69% to 91.05% on jpeg75, for twice the teacher work). `compile_` fuses their kernels
+    (default mode, no CUDA graphs: several calls per step would overwrite each other's outputs)."""
     if isinstance(paths, str):  # runs saved before --teacher took several checkpoints
         paths = [paths]
     nets = [model_from_checkpoint(torch.load(p, map_location="cpu", weights_only=False))
             .to(device, memory_format=fmt) for p in paths]
+    if compile_:
+        nets = [torch.compile(net) for net in nets]
 
     def log_probs(x):
         with torch.no_grad():
@@ -172,6 +175,9 @@ def main():
     ap.add_argument("--channels-last", action="store_true", help="NHWC tensors (oneDNN on CPU: ~10%% faster)")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the training forward pass (CPU: ~15%% faster after a minute of compiling)")
+    ap.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead"],
+                    help="torch.compile mode; reduce-overhead replays forward and backward as CUDA graphs, for a "
+                         "GPU where kernel launches, not arithmetic, set the step time")
     ap.add_argument("--eval-every", type=int, default=1,
                     help="evaluate (and checkpoint) every this many epochs, and after the last one")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
@@ -196,7 +202,8 @@ def main():
             saved["threads"] = args.threads
         for k, v in vars(ap.parse_args([])).items():  # flags newer than the run take their defaults
             saved.setdefault(k, v)
-        saved["channels_last"], saved["compile"], saved["device"] = args.channels_last, args.compile, args.device
+        for k in ("channels_last", "compile", "compile_mode", "device"):  # how to run, not what to train
+            saved[k] = getattr(args, k)
         args = argparse.Namespace(**saved)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -210,14 +217,14 @@ def main():
                       for a in load_cifar_bin(os.path.join(args.data, "jpeg75", "test_batch.bin")))
 
     model = CifarResNet(n=args.n, width=args.width, clip=args.clip, activation=args.activation)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(dev, memory_format=fmt)
     decay = [p for n_, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n_, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=args.lr, momentum=args.momentum, nesterov=True)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(dev, memory_format=fmt)
+                          lr=args.lr, momentum=args.momentum, nesterov=True, fused=dev.type == "cuda")
     # the compiled module shares the parameters; checkpoints and evaluation use `model` itself
-    train_fwd = torch.compile(model) if args.compile else model
+    train_fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
     steps_per_epoch = len(y_train) // args.batch
     total = steps_per_epoch * args.epochs
     start_epoch, log, best = 0, [], 0.0
@@ -237,7 +244,8 @@ def main():
     elif args.init_from:
         model.load_state_dict(torch.load(args.init_from, map_location="cpu", weights_only=False)["model"])
 
-    teacher = load_teacher(args.teacher, fmt, args.kd_temp, dev, args.teacher_flip) if args.teacher else None
+    teacher = load_teacher(args.teacher, fmt, args.kd_temp, dev, args.teacher_flip,
+                           compile_=args.compile and dev.type == "cuda") if args.teacher else None
 
     def record(rec):
         log.append(rec)
@@ -308,9 +316,13 @@ def main():
                 break
         tot_loss, tot_pen, correct = tot_loss.item(), tot_pen.item(), correct.item()
         last = out_of_time or (args.max_steps and step >= args.max_steps) or (not budgeted and epoch + 1 == args.epochs)
-        rec = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "penalty": tot_pen / max(seen, 1), "clamped": not unclamped, "skipped_batches": skipped,
-               "lr_end": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "steps": step}
+        # the deadline can fall on an epoch's first step: then the epoch did not happen
+        done = epoch + 1 if seen or skipped or not out_of_time else epoch
+        rec = {"epoch": done, "steps": step}
+        if done > epoch:
+            rec.update({"train_loss": tot_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
+                        "penalty": tot_pen / max(seen, 1), "clamped": not unclamped, "skipped_batches": skipped,
+                        "lr_end": opt.param_groups[0]["lr"], "seconds": time.time() - t0})
         if not last and (epoch + 1) % args.eval_every:
             record(rec)
             continue
@@ -322,11 +334,11 @@ def main():
         is_best = test_acc > best and worst < args.best_max_act
         best = test_acc if is_best else best
         if out_of_time:
-            args.epochs = epoch + 1  # what the record says was run (the last epoch partial)
+            args.epochs = done  # what the record says was run (the last epoch partial)
         cpu = lambda d: {k: v.cpu() if torch.is_tensor(v) else v for k, v in d.items()}  # noqa: E731
         opt_state = opt.state_dict()
         opt_state["state"] = {k: cpu(v) for k, v in opt_state["state"].items()}
-        ckpt = {"model": cpu(model.state_dict()), "opt": opt_state, "epoch": epoch + 1, "log": log,
+        ckpt = {"model": cpu(model.state_dict()), "opt": opt_state, "epoch": done, "log": log,
                 "args": vars(args), "gen": gen.get_state(), "best": best}
         torch.save(ckpt, os.path.join(args.out, "last.pt.tmp"))
         os.replace(os.path.join(args.out, "last.pt.tmp"), os.path.join(args.out, "last.pt"))
