@@ -8,7 +8,7 @@ exact_prefix holds with true pixels, so the JPEG step's cost is measured on the 
 range costs), and the mean of the probabilities on the image and its mirror (flip test-time
 augmentation, a two-member ensemble for twice the encrypted work). With several checkpoints it
 also gives each pair's ensemble (mean of probabilities) on jpeg75, plain and flip-averaged (what
-`train.py --teacher --teacher-flip` distils from).
+`train.py --teacher --teacher-flip` distils from), and with three or more the ensemble of all.
 
     PYTHONPATH=model python model/evaluate.py model/checkpoints/resnet20q7-last.pt model/checkpoints/resnet20q4-last.pt
 """
@@ -83,6 +83,9 @@ def main():
     for a, b in itertools.combinations(probs, 2):
         print(f"ensemble {a} + {b}: jpeg75 {accuracy(probs[a] + probs[b], y_jpeg):.4f}, "
               f"flip-averaged {accuracy(flip_probs[a] + flip_probs[b], y_jpeg):.4f}")
+    if len(probs) > 2:
+        print(f"ensemble of all {len(probs)}: jpeg75 {accuracy(sum(probs.values()), y_jpeg):.4f}, "
+              f"flip-averaged {accuracy(sum(flip_probs.values()), y_jpeg):.4f}")
 
 
 if __name__ == "__main__":
