@@ -53,6 +53,7 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 common=(--data $D --device "$DEVICE" --bf16 --channels-last --threads 2 --eval-every 5)
 COMPILE=${COMPILE---compile}  # COMPILE= runs eager (CPU smoke tests: no minute of compiling per run)
 TWIDTH=${TWIDTH:-64}  # the distill plan's teachers' width (smoke tests: 8)
+TEACHERS="t64 ta tb"  # the runs whose weights come back in bf16, beside the archive
 
 # run NAME END ARGS...: torch.compile first; if that dies before its first checkpoint, eager
 run() {
@@ -127,16 +128,16 @@ case $PLAN in
 esac
 
 # what comes back is limited to 16 MiB a file: checkpoints without their optimizer state (these
-# runs are not resumed), and the teacher's weights in bf16 beside the archive (8.6 MB)
+# runs are not resumed), and the teachers' weights in bf16 beside the archive (8.6 MB each)
 $PY -c "
 import glob, torch
 for p in glob.glob('$R/*/*.pt'):
     s = torch.load(p, map_location='cpu', weights_only=False)
     s.pop('opt', None)
-    if p.split('/')[-2] in ('t64', 'ta', 'tb'):
+    if p.split('/')[-2] in '$TEACHERS'.split():
         s['model'] = {k: v.bfloat16() if v.is_floating_point() else v for k, v in s['model'].items()}
     torch.save(s, p)"
-for t in t64 ta tb; do
+for t in $TEACHERS; do
     [ -f $R/$t/last.pt ] && mv $R/$t/last.pt "$OUT/$t-bf16.pt"
     rm -f $R/$t/best.pt
 done

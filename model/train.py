@@ -317,9 +317,10 @@ def main():
         tot_loss, tot_pen, correct = tot_loss.item(), tot_pen.item(), correct.item()
         last = out_of_time or (args.max_steps and step >= args.max_steps) or (not budgeted and epoch + 1 == args.epochs)
         # the deadline can fall on an epoch's first step: then the epoch did not happen
-        done = epoch + 1 if seen or skipped or not out_of_time else epoch
+        ran = bool(seen or skipped or not out_of_time)
+        done = epoch + ran
         rec = {"epoch": done, "steps": step}
-        if done > epoch:
+        if ran:
             rec.update({"train_loss": tot_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
                         "penalty": tot_pen / max(seen, 1), "clamped": not unclamped, "skipped_batches": skipped,
                         "lr_end": opt.param_groups[0]["lr"], "seconds": time.time() - t0})
