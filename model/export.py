@@ -38,8 +38,9 @@ REFERENCE_SEED, REFERENCE_SYNTHETIC, REFERENCE_RECORDS, REFERENCE_TOLERANCE = 20
 FUSION_TOLERANCE = 1e-4
 # Training flags that define a run (the rest only say where and how fast it ran).
 RECIPE_FLAGS = ["init_from", "epochs", "batch", "lr", "momentum", "wd", "clip", "penalty", "ramp_epochs",
-                "label_smoothing", "cutout", "no_clamp_from", "teacher", "kd_weight", "kd_temp", "activation", "n",
-                "width", "device", "time_budget", "seed", "bf16", "channels_last", "compile", "max_steps", "out"]
+                "label_smoothing", "cutout", "no_clamp_from", "teacher", "teacher_flip", "kd_weight", "kd_temp",
+                "activation", "n", "width", "device", "time_budget", "swa_start", "swa_per_epoch", "seed", "bf16",
+                "channels_last", "compile", "max_steps", "out"]
 
 
 def fuse(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,14 +202,14 @@ def command_flags(args):
     flags = []
     for k in RECIPE_FLAGS:
         v = args.get(k)
-        if k.startswith("kd_") and not args.get("teacher"):
+        if (k.startswith("kd_") and not args.get("teacher")) or (k == "swa_per_epoch" and not args.get("swa_start")):
             continue
         if isinstance(v, bool):
             flags += [f"--{k.replace('_', '-')}"] if v else []
         elif isinstance(v, list):
             flags += [f"--{k.replace('_', '-')}", *map(str, v)]
-        elif v is not None and not (k in ("max_steps", "label_smoothing", "cutout", "no_clamp_from", "time_budget")
-                                    and v == 0) and not (k, v) in (("width", 16), ("device", "cpu")):
+        elif v is not None and not (k in ("max_steps", "label_smoothing", "cutout", "no_clamp_from", "time_budget",
+                                          "swa_start") and v == 0) and not (k, v) in (("width", 16), ("device", "cpu")):
             flags += [f"--{k.replace('_', '-')}", str(v)]
     return " ".join(flags)
 
@@ -216,9 +217,15 @@ def command_flags(args):
 def training_record(state):
     args = state["args"]
     flags = command_flags(args)
+    if args.get("swa_start"):
+        schedule = (f"LR warmed up over one epoch to a constant {args['lr']} for {args['epochs']} epochs, the weights "
+                    f"averaged {args['swa_per_epoch']} times an epoch from epoch {args['swa_start']} on "
+                    f"({state.get('swa_snapshots', '?')} snapshots; stochastic weight averaging, BatchNorm "
+                    f"statistics recomputed)")
+    else:
+        schedule = f"one-cycle LR peaking at {args['lr']} over {args['epochs']} epochs"
     recipe = (f"SGD (Nesterov, momentum {args['momentum']}, weight decay {args['wd']}), batch {args['batch']}, "
-              f"one-cycle LR peaking at {args['lr']} over {args['epochs']} epochs; random crop (4-pixel pad) and "
-              f"horizontal flip; {args['activation']} activations")
+              f"{schedule}; random crop (4-pixel pad) and horizontal flip; {args['activation']} activations")
     if args["activation"] == "quadratic":
         recipe += (f" (least-squares ReLU fit on [-{args['clip']}, {args['clip']}], inputs clamped while training, "
                    f"range penalty {args['penalty']} ramped up over {args['ramp_epochs']} epochs)")
@@ -228,8 +235,9 @@ def training_record(state):
         recipe += f"; Cutout {args['cutout']}x{args['cutout']}"
     if args.get("teacher"):
         teachers = args["teacher"] if isinstance(args["teacher"], list) else [args["teacher"]]
+        mirrored = ", each also on the mirrored image" if args.get("teacher_flip") else ""
         recipe += (f"; distilled from {' + '.join(teachers)} (weight {args['kd_weight']}, "
-                   f"temperature {args['kd_temp']})")
+                   f"temperature {args['kd_temp']}{mirrored})")
     if args.get("bf16"):
         recipe += "; bf16 autocast for the training forward pass"
     lineage = warm_start_lineage(args.get("init_from"))
@@ -241,7 +249,7 @@ def training_record(state):
             "log_tail": [finite(r) for r in state["log"][-5:]]}
 
 
-def warm_start_lineage(path, depth=8):
+def warm_start_lineage(path, depth=32):
     """The chain of checkpoints a run was warm-started from (`--init-from`), newest first, each with
     the epochs it trained, so that the manifest states the whole training a model had."""
     out = []
