@@ -100,6 +100,11 @@ def evaluate(model, x_u8, y, batch=500, track_max=False):
     return correct / len(y), (maxes if track_max else None), in_range / len(y)
 
 
+def largest(maxes):
+    """The largest of the per-layer activation maxima, NaN if any layer saw a NaN."""
+    return float("nan") if any(math.isnan(m) for m in maxes) else max(maxes)
+
+
 def load_teacher(paths, fmt, temp, device="cpu", flip=False, compile_=False):
     """Trained networks, frozen in evaluation mode, whose softened outputs the student learns to
     match. Several make an ensemble: the mean of their probabilities at temperature `temp` (an
@@ -324,9 +329,12 @@ def main():
                 if frac >= 1.0:
                     out_of_time = True
                     break
-                lr = swa_lr(step / steps_per_epoch, args.lr) if swa is not None else one_cycle_at(frac, args.lr)
+            if swa is not None:
+                lr = swa_lr(step / steps_per_epoch, args.lr)
+            elif budgeted:
+                lr = one_cycle_at(frac, args.lr)
             else:
-                lr = swa_lr(step / steps_per_epoch, args.lr) if swa is not None else one_cycle_lr(step, total, args.lr)
+                lr = one_cycle_lr(step, total, args.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
@@ -370,17 +378,15 @@ def main():
         if not last and (epoch + 1) % args.eval_every:
             record(rec)
             continue
-        test_acc, maxes, in_range = evaluate(model, x_test, y_test, batch=500 if dev.type == "cpu" else 2500,
-                                             track_max=True)
-        worst = float("nan") if any(math.isnan(m) for m in maxes) else max(maxes)
+        eval_batch = 500 if dev.type == "cpu" else 2500
+        test_acc, maxes, in_range = evaluate(model, x_test, y_test, batch=eval_batch, track_max=True)
+        worst = largest(maxes)
         rec.update({"test_acc_jpeg75": test_acc, "max_act_input": worst, "test_in_range": in_range})
         if swa is not None and int(swa.n_averaged) > 0:
             recompute_bn(swa.module, x_train, gen, args.cutout)
-            s_acc, s_maxes, s_in = evaluate(swa.module, x_test, y_test, batch=500 if dev.type == "cpu" else 2500,
-                                            track_max=True)
+            s_acc, s_maxes, s_in = evaluate(swa.module, x_test, y_test, batch=eval_batch, track_max=True)
             rec.update({"swa_snapshots": int(swa.n_averaged), "swa_test_acc_jpeg75": s_acc,
-                        "swa_max_act_input": float("nan") if any(math.isnan(m) for m in s_maxes) else max(s_maxes),
-                        "swa_test_in_range": s_in})
+                        "swa_max_act_input": largest(s_maxes), "swa_test_in_range": s_in})
         record(rec)
         is_best = test_acc > best and worst < args.best_max_act
         best = test_acc if is_best else best
