@@ -76,6 +76,11 @@ fn max_err(got: &[f64], want: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+fn rms_err(got: &[f64], want: &[f64]) -> f64 {
+    let sum: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+    (sum / got.len() as f64).sqrt()
+}
+
 const D25: f64 = 33554432.0; // 2^25
 const D40: f64 = 1099511627776.0; // 2^40
 
@@ -201,9 +206,17 @@ fn two_levels_per_prime() {
         );
         rounds += 1;
     }
-    let err = max_err(&decrypt_real(f, &ct), &want);
-    // each rescale adds ~N/4/Delta ~ 2^-13; two multiplications per prime
-    assert!(err < 1e-3, "after {rounds} rounds: {err}");
+    let got = decrypt_real(f, &ct);
+    // Each rescale adds a rounding error that the secret key multiplies slot-wise, so the slot
+    // errors are products of two near-Gaussians: the RMS is steady (8.0e-5 to 9.1e-5 over 60
+    // fresh keys) but the maximum over 8192 slots has an exponential tail (median 6.3e-4, 1.0e-3
+    // at worst, tail scale ~1e-4). The bounds below sit >10 tail scales above what was seen, so
+    // a correct evaluator fails them with probability below 1e-9; a wrong scale or a lost term
+    // gives errors of the size of the values themselves (RMS ~7e-3).
+    let rms = rms_err(&got, &want);
+    let err = max_err(&got, &want);
+    assert!(rms < 2e-4, "after {rounds} rounds: RMS {rms}");
+    assert!(err < 3e-3, "after {rounds} rounds: max {err}");
     assert!(rounds >= 4);
 }
 
@@ -279,9 +292,13 @@ fn keys_work_below_their_level_and_are_refused_above() {
     let want: Vec<f64> = (0..n).map(|i| a[(i + 3) % n]).collect();
     for level in 0..=key_level {
         let ct = encrypt(f, &a, level, D25);
-        let r = ev.rotate(&ct, 3, &keys).unwrap();
-        let e = max_err(&decrypt_real(f, &r), &want);
-        assert!(e < 1e-3, "level {level}: {e}");
+        let got = decrypt_real(f, &ev.rotate(&ct, 3, &keys).unwrap());
+        // At Delta = 2^25 the key switch's rounding, multiplied slot-wise by the key, dominates:
+        // over 150 fresh keys the RMS stayed within 7.9e-5..8.5e-5 while the maximum over 8192
+        // slots had median 5.4e-4 and an exponential tail up to 1.15e-3 (a 1e-3 bound failed
+        // about once in a hundred runs). Both bounds leave >30 tail scales of margin.
+        let (rms, e) = (rms_err(&got, &want), max_err(&got, &want));
+        assert!(rms < 2e-4 && e < 3e-3, "level {level}: RMS {rms}, max {e}");
     }
     let sq: Vec<f64> = a.iter().map(|x| x * x).collect();
     let ct = encrypt(f, &a, 1, D25);

@@ -170,16 +170,22 @@ mod tests {
         }
     }
 
+    /// Largest allowed error of any decrypted layer value at Delta = 2^25. Over 150 runs with
+    /// fresh keys the worst layer error had median 4.3e-4, 99th percentile 6.6e-4 and maximum
+    /// 7.6e-4, with an exponential tail (scale ~5e-5: the key multiplies rounding errors slot-wise),
+    /// so 2e-3 fails a correct evaluator with negligible probability; a mis-scaled step errs by O(1).
+    const LAYER_TOLERANCE: f64 = 2e-3;
+
     #[test]
     fn identity_block_matches_plaintext_layer_by_layer() {
         let ctx = Context::named("N14_TEST").unwrap();
-        check_against_plaintext(&mini_resnet(false), &ctx, 1e-3);
+        check_against_plaintext(&mini_resnet(false), &ctx, LAYER_TOLERANCE);
     }
 
     #[test]
     fn downsampling_block_matches_plaintext_layer_by_layer() {
         let ctx = Context::named("N14_TEST").unwrap();
-        check_against_plaintext(&mini_resnet(true), &ctx, 1e-3);
+        check_against_plaintext(&mini_resnet(true), &ctx, LAYER_TOLERANCE);
     }
 
     #[test]
