@@ -238,6 +238,11 @@ def main():
         if args.penalty != ap.get_default("penalty"):
             saved["penalty"] = args.penalty
         saved["best_max_act"] = args.best_max_act
+        # a constant-rate (SWA) run can be extended into a new folder; a one-cycle schedule cannot
+        if saved.get("swa_start"):
+            for k in ("time_budget", "out"):
+                if getattr(args, k) != ap.get_default(k):
+                    saved[k] = getattr(args, k)
         if args.threads:
             saved["threads"] = args.threads
         for k, v in vars(ap.parse_args([])).items():  # flags newer than the run take their defaults
