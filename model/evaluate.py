@@ -10,7 +10,7 @@ augmentation, a two-member ensemble for twice the encrypted work). With several 
 also gives each pair's ensemble (mean of probabilities) on jpeg75, plain and flip-averaged (what
 `train.py --teacher --teacher-flip` distils from), and with three or more the ensemble of all.
 
-    PYTHONPATH=model python model/evaluate.py model/checkpoints/resnet20q7-last.pt model/checkpoints/resnet20q4-last.pt
+    PYTHONPATH=model python model/evaluate.py model/checkpoints/resnet20q19-swa.pt model/checkpoints/resnet20q11-last.pt
 """
 
 import argparse

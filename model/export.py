@@ -258,6 +258,11 @@ def warm_start_lineage(path, depth=32):
         out.append({"checkpoint": path, "epochs": state["epoch"],
                     "command": "python model/train.py " + command_flags(state["args"])})
         path, depth = state["args"].get("init_from"), depth - 1
+    if path and depth > 0:
+        # earlier checkpoints of the chain left the tree (model/TRAINING.md names their commits); the
+        # manifest then records the chain only this far
+        print(f"warm-start lineage stops at {path}: not in the tree (restore it with git checkout, "
+              "model/TRAINING.md)")
     return out
 
 

@@ -10,13 +10,15 @@
 #   does four times the work for the same time; phase 2 (until BUDGET) distils both, mirrored, into
 #   four quadratic ResNet-20 students with the CPU chain's penalty (1.0; PAPER's 1e-3 explodes):
 #     ta, tb  ReLU ResNet-20 of width 64 (4.3M parameters), seeds 64 and 65, Cutout 16
-#     s11     from resnet20q11 (the default), batch 512, peak 0.05
+#     s11     from resnet20q11 (a teacher of the default), batch 512, peak 0.05
 #     s11h    the same at peak 0.1
 #     s0      from scratch, batch 512, peak 0.1, penalty ramped over 5 epochs
 #     s0g     from scratch, batch 128, forward and backward replayed as CUDA graphs (reduce-overhead)
 #   Back here: model/evaluate.py on the students; the best gets the 4-epoch penalty-5 fine-tune that
-#   made resnet20q11 (model/README.md), then export and the encrypted check.
-# PLAN=lease1 (2026-12-04, BENCHMARKS.md "GPU lease 2026-12-04"): one teacher and four runs at batch 128:
+#   made resnet20q11 (model/TRAINING.md), then export and the encrypted check.
+# PLAN=lease1 (2026-12-04, model/TRAINING.md "GPU lease 2026-12-04"): one teacher and four runs at batch
+#   128 (kd9 starts from resnet20q9-last.pt, which has left the tree: first
+#   git restore --source=5f72f9e model/checkpoints/resnet20q9-last.pt):
 #   t64  ReLU ResNet-20 of width 64 (4.3M parameters), the teacher; ends early so students can use it
 #   q20  quadratic ResNet-20 from scratch (PAPER's recipe with Cutout 12 and label smoothing 0.1)
 #   r20  ReLU ResNet-20, the same recipe: what the quadratic activation costs

@@ -39,8 +39,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "  a rotation key is {:.1} MB on the wire at the top level, {:.1} MB at level 10",
-        switching_key_size(&ctx, top) as f64 / 1e6,
-        switching_key_size(&ctx, 10.min(top)) as f64 / 1e6
+        switching_key_size(&ctx, top)? as f64 / 1e6,
+        switching_key_size(&ctx, 10.min(top))? as f64 / 1e6
     );
 
     let slots = p.slots();
@@ -54,12 +54,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let pt = Plaintext::encode_real(&ctx, &x, top, scale)?;
     let ct = Encryptor::new(&ctx).encrypt_sk(&pt, &sk)?;
-    let bytes = ct.to_bytes(&ctx);
+    let bytes = ct.to_bytes(&ctx)?;
     println!(
         "encoded and encrypted {slots} values in {:.0} ms; the upload is {:.1} MB (seeded; {:.1} MB unseeded)",
         t.elapsed().as_secs_f64() * 1e3,
         bytes.len() as f64 / 1e6,
-        ciphertext_size(&ctx, top, 1, false) as f64 / 1e6
+        ciphertext_size(&ctx, top, 1, false)? as f64 / 1e6
     );
     let ct = Ciphertext::from_bytes(&ctx, &bytes, 64 << 20)?;
 
@@ -73,11 +73,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &keys,
     )?)?;
     let r1 = ev.rotate(&sq, 1, &keys)?;
-    let r2 = ev.rotate(&ev.drop_level(&ct, sq.level)?, -32, &keys)?;
+    let r2 = ev.rotate(&ev.drop_level(&ct, sq.level())?, -32, &keys)?;
     // bring the shortcut to the same scale before adding: multiply by 1 at the matching scale
     let r2 =
-        ev.rescale(&ev.mul_const(&r2, 1.0, r1.scale * p.q()[r2.level] as f64 / r2.scale)?)?;
-    let r1 = ev.drop_level(&r1, r2.level)?;
+        ev.rescale(&ev.mul_const(&r2, 1.0, r1.scale() * p.q()[r2.level()] as f64 / r2.scale())?)?;
+    let r1 = ev.drop_level(&r1, r2.level())?;
     let y = ev.add(&r1, &r2)?;
     let eval_ms = t.elapsed().as_secs_f64() * 1e3;
 
@@ -93,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .fold(0.0, f64::max);
     println!(
         "evaluated (w*x)^2 rotated by 1 plus x rotated by -32 in {eval_ms:.0} ms, down to level {}",
-        y.level
+        y.level()
     );
     println!("decrypted in {dec_ms:.0} ms; max error over {slots} slots: {err:.2e}");
     if err > 1e-2 {

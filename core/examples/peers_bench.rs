@@ -147,14 +147,14 @@ fn main() {
     eprintln!("max error: fresh {err_fresh:.2e}, after mul+relin+rescale {err_mul:.2e}");
 
     let sizes = serde_json::json!({
-        "ciphertext_bytes_top_level": ciphertext_size(&ctx, top, 1, false),
-        "ciphertext_seeded_bytes_top_level": ciphertext_size(&ctx, top, 1, true),
+        "ciphertext_bytes_top_level": ciphertext_size(&ctx, top, 1, false).expect("top level"),
+        "ciphertext_seeded_bytes_top_level": ciphertext_size(&ctx, top, 1, true).expect("top level"),
         "relin_key_bytes": rlk.memory_bytes(),
-        "relin_key_seeded_bytes": rlk.to_bytes(&ctx).len(),
+        "relin_key_seeded_bytes": rlk.to_bytes(&ctx).expect("own key").len(),
         "rot_key_bytes": rk1.memory_bytes(),
-        "rot_key_seeded_bytes": switching_key_size(&ctx, top),
-        "rot_key_seeded_bytes_level10": switching_key_size(&ctx, 10.min(top)),
-        "public_key_bytes": pk.to_bytes(&ctx).len(),
+        "rot_key_seeded_bytes": switching_key_size(&ctx, top).expect("top level"),
+        "rot_key_seeded_bytes_level10": switching_key_size(&ctx, 10.min(top)).expect("level"),
+        "public_key_bytes": pk.to_bytes(&ctx).expect("own key").len(),
     });
     let run = serde_json::json!({
         "params": {

@@ -45,23 +45,23 @@ fn main() {
     let pt = Plaintext::encode_real(&ctx, &[0.5; 100], top, ctx.params().default_scale()).unwrap();
     let ct = Encryptor::new(&ctx).encrypt_sk(&pt, &sk).unwrap();
     let ev = Evaluator::new(&ctx);
-    let lc = ctx.level(top);
-    let mut limb = ct.c[0].limb(0).to_vec();
+    let lc = ctx.level(top).expect("top level");
+    let mut limb = ct.parts()[0].limb(0).to_vec();
     time("NTT forward (1 limb)", 200, || {
         lc.q.ntt(0).forward(&mut limb)
     });
     time("NTT inverse (1 limb)", 200, || {
         lc.q.ntt(0).inverse(&mut limb)
     });
-    let mut coeff = ct.c[1].clone();
+    let mut coeff = ct.parts()[1].clone();
     lc.q.inverse(&mut coeff);
     let d0 = &lc.mod_up[0];
     let part = coeff.slice_limbs(d0.range.clone());
     time("ModUp convert (1 digit)", iters, || d0.conv.convert(&part));
     time("decomposition", iters, || {
-        Decomposition::new(&ctx, top, &ct.c[1])
+        Decomposition::new(&ctx, top, &ct.parts()[1])
     });
-    let dec = Decomposition::new(&ctx, top, &ct.c[1]);
+    let dec = Decomposition::new(&ctx, top, &ct.parts()[1]);
     let key = keys.galois(ctx.galois_element(1)).unwrap();
     time("inner product", iters, || dec.inner_product(&ctx, key));
     let (b, _a) = dec.inner_product(&ctx, key);

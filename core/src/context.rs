@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::encoder::Encoder;
-use crate::error::ParamsError;
+use crate::error::{CkksError, ParamsError};
 use crate::ntt::automorphism_permutation;
 use crate::params::Params;
 use crate::rns::{BasisConverter, ModDown, RnsBasis};
@@ -107,8 +107,27 @@ impl Context {
     pub fn max_level(&self) -> usize {
         self.params.max_level()
     }
-    pub fn level(&self, l: usize) -> &LevelContext {
+    /// The precomputation of level `l`; an error above the top level.
+    pub fn level(&self, l: usize) -> Result<&LevelContext, CkksError> {
+        self.check_level(l)?;
+        Ok(&self.levels[l])
+    }
+
+    /// The precomputation of a level the caller has checked (every public entry point checks the
+    /// levels of its operands with [`Context::check_level`] first).
+    pub(crate) fn level_ctx(&self, l: usize) -> &LevelContext {
         &self.levels[l]
+    }
+
+    /// The one level check: `level` exists in this parameter set.
+    pub fn check_level(&self, level: usize) -> Result<(), CkksError> {
+        if level > self.max_level() {
+            return Err(CkksError::Level {
+                wanted: level,
+                max: self.max_level(),
+            });
+        }
+        Ok(())
     }
     pub fn q_basis(&self) -> &RnsBasis {
         &self.q

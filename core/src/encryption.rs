@@ -1,4 +1,5 @@
-//! Encryption with the public key or the secret key, and decryption.
+//! Encryption with the public key or the secret key, and decryption (the secret-key operations
+//! only with the feature `secret-key`).
 //!
 //! Secret-key encryption makes `c1` the expansion of a fresh seed, so a fresh ciphertext travels
 //! as `c0` plus 32 bytes: half the upload of a public-key encryption.
@@ -8,10 +9,14 @@ use rand_chacha::ChaCha20Rng;
 use crate::ciphertext::Ciphertext;
 use crate::context::Context;
 use crate::error::CkksError;
-use crate::keys::{PublicKey, SecretKey};
+use crate::keys::PublicKey;
 use crate::plaintext::Plaintext;
 use crate::rns::RnsPoly;
-use crate::sampler::{expand_uniform, gaussian, os_seed, secure_rng, small_to_rns, ternary};
+#[cfg(feature = "secret-key")]
+use crate::sampler::{expand_uniform, os_seed};
+use crate::sampler::{gaussian, secure_rng, small_to_rns, ternary};
+#[cfg(feature = "secret-key")]
+use crate::secret_key::SecretKey;
 
 pub struct Encryptor<'a> {
     ctx: &'a Context,
@@ -34,7 +39,7 @@ impl<'a> Encryptor<'a> {
     }
 
     fn small_ntt(&self, level: usize, coeffs: &[i64]) -> RnsPoly {
-        let basis = &self.ctx.level(level).q;
+        let basis = &self.ctx.level_ctx(level).q;
         let mut p = small_to_rns(basis, coeffs);
         basis.forward(&mut p);
         p
@@ -45,7 +50,7 @@ impl<'a> Encryptor<'a> {
         self.check(&pt.fingerprint)?;
         self.check(&pk.fingerprint)?;
         let level = pt.level;
-        let basis = &self.ctx.level(level).q;
+        let basis = &self.ctx.level_ctx(level).q;
         let n = self.ctx.n();
         let v: Vec<i64> = ternary(&mut self.rng, n)
             .into_iter()
@@ -71,11 +76,12 @@ impl<'a> Encryptor<'a> {
     }
 
     /// `(-a*s + e + m, a)` with `a` the expansion of a fresh seed kept in the ciphertext.
+    #[cfg(feature = "secret-key")]
     pub fn encrypt_sk(&mut self, pt: &Plaintext, sk: &SecretKey) -> Result<Ciphertext, CkksError> {
         self.check(&pt.fingerprint)?;
         self.check(sk.fingerprint())?;
         let level = pt.level;
-        let basis = &self.ctx.level(level).q;
+        let basis = &self.ctx.level_ctx(level).q;
         let seed = os_seed();
         let a = expand_uniform(basis, &seed, 0);
         let e = gaussian(&mut self.rng, self.ctx.n());
@@ -95,12 +101,13 @@ impl<'a> Encryptor<'a> {
 }
 
 /// `c0 + c1*s (+ c2*s^2)`.
+#[cfg(feature = "secret-key")]
 pub fn decrypt(ctx: &Context, ct: &Ciphertext, sk: &SecretKey) -> Result<Plaintext, CkksError> {
     if &ct.fingerprint != ctx.fingerprint() || sk.fingerprint() != ctx.fingerprint() {
         return Err(CkksError::ParamsMismatch);
     }
-    crate::plaintext::check_level(ctx, ct.level)?;
-    let basis = &ctx.level(ct.level).q;
+    ctx.check_level(ct.level)?;
+    let basis = &ctx.level_ctx(ct.level).q;
     let s = sk.at_q(ct.level);
     let mut m = ct.c[ct.degree()].clone();
     for c in ct.c[..ct.degree()].iter().rev() {

@@ -16,9 +16,7 @@ use crate::keyswitch::{mod_down, switch_key, Decomposition};
 use crate::par;
 use crate::plaintext::{Plaintext, SmallPlaintext};
 use crate::rns::RnsPoly;
-
-/// Relative difference below which two scales count as equal.
-pub const SCALE_TOLERANCE: f64 = 1e-9;
+use crate::scale::check_scales;
 
 pub struct Evaluator {
     ctx: Arc<Context>,
@@ -37,7 +35,7 @@ impl Evaluator {
         if &ct.fingerprint != self.ctx.fingerprint() {
             return Err(CkksError::ParamsMismatch);
         }
-        crate::plaintext::check_level(&self.ctx, ct.level)
+        self.ctx.check_level(ct.level)
     }
 
     fn check_pt(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<(), CkksError> {
@@ -73,7 +71,7 @@ impl Evaluator {
     }
 
     fn basis(&self, level: usize) -> &crate::rns::RnsBasis {
-        &self.ctx.level(level).q
+        &self.ctx.level_ctx(level).q
     }
 
     /// The plaintext's polynomial restricted to the ciphertext's level.
@@ -140,12 +138,10 @@ impl Evaluator {
     }
 
     pub fn add_plain(&self, a: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext, CkksError> {
-        self.check_pt(a, pt)?;
-        check_scales(a.scale, pt.scale)?;
-        let mut c = a.c.clone();
-        self.basis(a.level)
-            .add_assign(&mut c[0], &Self::pt_poly(pt, a.level));
-        Ok(self.derived(c, a.level, a.scale))
+        let mut out = a.clone();
+        self.add_plain_assign(&mut out, pt)?;
+        out.seed = None;
+        Ok(out)
     }
 
     pub fn sub_plain(&self, a: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext, CkksError> {
@@ -275,15 +271,25 @@ impl Evaluator {
 
     /// Divides by the last prime q_level (rounding) and drops it; the scale is divided by q_level.
     pub fn rescale(&self, a: &Ciphertext) -> Result<Ciphertext, CkksError> {
+        let mut out = a.clone();
+        self.rescale_assign(&mut out)?;
+        Ok(out)
+    }
+
+    /// [`Evaluator::rescale`] in place: no copy of the operand, which is the largest object alive
+    /// at the end of every layer.
+    pub fn rescale_assign(&self, a: &mut Ciphertext) -> Result<(), CkksError> {
         self.check(a)?;
         if a.level == 0 {
             return Err(CkksError::RescaleAtLevelZero);
         }
         let basis = self.basis(a.level);
         let q_last = basis.modulus(a.level).value() as f64;
-        let mut c = a.c.clone();
-        par::for_each_mut(&mut c, |_, x| basis.divide_round_by_last(x));
-        Ok(self.derived(c, a.level - 1, a.scale / q_last))
+        par::for_each_mut(&mut a.c, |_, x| basis.divide_round_by_last(x));
+        a.level -= 1;
+        a.scale /= q_last;
+        a.seed = None;
+        Ok(())
     }
 
     /// Drops primes down to `level` without dividing (the message and scale are unchanged).
@@ -294,6 +300,39 @@ impl Evaluator {
         }
         let c = a.c.iter().map(|x| x.slice_limbs(0..level + 1)).collect();
         Ok(self.derived(c, level, a.scale))
+    }
+
+    /// [`Evaluator::drop_level`] in place: truncates the limbs, copies nothing.
+    pub fn drop_level_assign(&self, a: &mut Ciphertext, level: usize) -> Result<(), CkksError> {
+        self.check(a)?;
+        if level > a.level {
+            return Err(CkksError::LevelMismatch(a.level, level));
+        }
+        for x in a.c.iter_mut() {
+            x.truncate_limbs(level + 1);
+        }
+        a.level = level;
+        a.seed = None;
+        Ok(())
+    }
+
+    /// An encryption of zero with no noise at `level` and `scale`: the neutral element of a sum
+    /// whose terms all vanished.
+    pub fn zero(&self, level: usize, scale: f64) -> Result<Ciphertext, CkksError> {
+        self.ctx.check_level(level)?;
+        let scale = finite(scale)?;
+        self.check_headroom(scale, level)?;
+        let basis = self.basis(level);
+        Ok(self.derived(vec![basis.zero(), basis.zero()], level, scale))
+    }
+
+    /// `a += pt` in place (same scale).
+    pub fn add_plain_assign(&self, a: &mut Ciphertext, pt: &Plaintext) -> Result<(), CkksError> {
+        self.check_pt(a, pt)?;
+        check_scales(a.scale, pt.scale)?;
+        self.basis(a.level)
+            .add_assign(&mut a.c[0], &Self::pt_poly(pt, a.level));
+        Ok(())
     }
 
     fn check_key(&self, key: &SwitchingKey, level: usize) -> Result<(), CkksError> {
@@ -473,11 +512,4 @@ fn finite(x: f64) -> Result<f64, CkksError> {
     } else {
         Err(CkksError::NotFinite(x))
     }
-}
-
-fn check_scales(a: f64, b: f64) -> Result<(), CkksError> {
-    if (a / b - 1.0).abs() > SCALE_TOLERANCE {
-        return Err(CkksError::ScaleMismatch(a.log2(), b.log2()));
-    }
-    Ok(())
 }

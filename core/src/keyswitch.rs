@@ -33,7 +33,7 @@ impl Decomposition {
     /// digits on two threads, a pass per digit left one thread idle for a third of each
     /// decomposition and synchronized ten times instead of twice.
     pub fn new(ctx: &Context, level: usize, c: &RnsPoly) -> Self {
-        let lc = ctx.level(level);
+        let lc = ctx.level_ctx(level);
         let nq = level + 1;
         let n = ctx.n();
         let width = nq + ctx.p_basis().len();
@@ -118,7 +118,7 @@ impl Decomposition {
     /// level: its limbs for q0..ql and P are used.
     pub fn inner_product(&self, ctx: &Context, key: &SwitchingKey) -> (RnsPoly, RnsPoly) {
         let l = self.level;
-        let lc = ctx.level(l);
+        let lc = ctx.level_ctx(l);
         let basis = &lc.qp;
         let n = ctx.n();
         let nq = l + 1;
@@ -139,7 +139,7 @@ impl Decomposition {
 
 /// Division by P: Q_l ++ P (NTT form) to Q_l (NTT form).
 pub fn mod_down(ctx: &Context, level: usize, x: &RnsPoly) -> RnsPoly {
-    ctx.level(level).mod_down.apply(x)
+    ctx.level_ctx(level).mod_down.apply(x)
 }
 
 /// Full key switch of `c` (NTT form over Q_level): returns `(u0, u1)` over Q_level with

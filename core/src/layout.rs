@@ -147,28 +147,130 @@ impl Normalization {
 /// that keeps its rotation amounts small, and repeats every `blocks * block` slots: the tensor is
 /// replicated across the slots, so a rotation by less than one period reads valid data everywhere.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(try_from = "SlotLayoutParts", into = "SlotLayoutParts")
+)]
 pub struct SlotLayout {
+    channels: usize,
+    height: usize,
+    width: usize,
+    /// Slots of the ciphertext (N/2).
+    slots: usize,
+    /// Slots per channel block.
+    block: usize,
+    /// Slots per map row.
+    row: usize,
+    /// Distance between neighbouring elements of a map, in rows and columns.
+    gap: usize,
+    /// Distinct channel blocks before the pattern repeats.
+    blocks: usize,
+    /// Cyclic shift of the whole pattern.
+    offset: usize,
+}
+
+/// The fields of a [`SlotLayout`], plain: what travels in the client contract. Turning parts into
+/// a layout runs the same validation as every constructor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct SlotLayoutParts {
     pub channels: usize,
     pub height: usize,
     pub width: usize,
-    /// Slots of the ciphertext (N/2).
     pub slots: usize,
-    /// Slots per channel block.
     pub block: usize,
-    /// Slots per map row.
     pub row: usize,
-    /// Distance between neighbouring elements of a map, in rows and columns.
     pub gap: usize,
-    /// Distinct channel blocks before the pattern repeats.
     pub blocks: usize,
-    /// Cyclic shift of the whole pattern.
     pub offset: usize,
 }
 
+impl TryFrom<SlotLayoutParts> for SlotLayout {
+    type Error = LayoutError;
+
+    fn try_from(p: SlotLayoutParts) -> Result<Self, LayoutError> {
+        SlotLayout {
+            channels: p.channels,
+            height: p.height,
+            width: p.width,
+            slots: p.slots,
+            block: p.block,
+            row: p.row,
+            gap: p.gap,
+            blocks: p.blocks,
+            offset: p.offset,
+        }
+        .validated()
+    }
+}
+
+impl From<SlotLayout> for SlotLayoutParts {
+    fn from(l: SlotLayout) -> Self {
+        SlotLayoutParts {
+            channels: l.channels,
+            height: l.height,
+            width: l.width,
+            slots: l.slots,
+            block: l.block,
+            row: l.row,
+            gap: l.gap,
+            blocks: l.blocks,
+            offset: l.offset,
+        }
+    }
+}
+
 impl SlotLayout {
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+    pub fn height(&self) -> usize {
+        self.height
+    }
+    pub fn width(&self) -> usize {
+        self.width
+    }
+    /// Slots of the ciphertext (N/2).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+    /// Slots per channel block.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+    /// Slots per map row.
+    pub fn row(&self) -> usize {
+        self.row
+    }
+    /// Distance between neighbouring elements of a map, in rows and columns.
+    pub fn gap(&self) -> usize {
+        self.gap
+    }
+    /// Distinct channel blocks before the pattern repeats.
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+    /// Cyclic shift of the whole pattern.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// The same channels and geometry with each map reduced to one element (its top-left
+    /// position): the layout of a global average pool's output.
+    pub fn pooled(&self) -> Result<Self, LayoutError> {
+        Self {
+            height: 1,
+            width: 1,
+            ..self.clone()
+        }
+        .validated()
+    }
+
     /// Checks that every element gets its own slot and that the pattern tiles the slots (build the
-    /// struct, then validate it; the offset is taken modulo the slots).
-    pub fn validated(self) -> Result<Self, LayoutError> {
+    /// struct, then validate it; the offset is taken modulo the slots). Every constructor ends
+    /// here, so a `SlotLayout` that exists is valid: no size is zero, nothing divides by zero.
+    fn validated(self) -> Result<Self, LayoutError> {
         let Self {
             channels,
             height,
@@ -525,5 +627,30 @@ mod tests {
         assert_eq!((l.block, l.blocks, l.period()), (1024, 4, 4096));
         assert!(l.place(&[0.0; 5]).is_err());
         assert!(l.extract(&[0.0; 5]).is_err());
+    }
+
+    #[test]
+    fn every_constructor_validates() {
+        // a zero size can only be asked for, never built (no division by zero later)
+        assert!(SlotLayout::dense(0, 4, 4, 1024).is_err());
+        assert!(SlotLayout::dense(3, 0, 4, 1024).is_err());
+        let l = SlotLayout::dense(3, 4, 4, 1024).unwrap();
+        assert!(l.derive(0, 2, 2, 2).is_err());
+        assert!(
+            l.derive(3, 64, 64, 1).is_err(),
+            "a map larger than its block"
+        );
+        let p = l.derive(8, 2, 2, 2).unwrap().pooled().unwrap();
+        assert_eq!((p.height(), p.width(), p.channels()), (1, 1, 8));
+        assert_eq!(p.slots() % p.period(), 0);
+        // parts round-trip, and bad parts are refused
+        let parts = SlotLayoutParts::from(p.clone());
+        assert_eq!(SlotLayout::try_from(parts).unwrap(), p);
+        assert!(SlotLayout::try_from(SlotLayoutParts { blocks: 0, ..parts }).is_err());
+        assert!(SlotLayout::try_from(SlotLayoutParts {
+            slots: 1000,
+            ..parts
+        })
+        .is_err());
     }
 }

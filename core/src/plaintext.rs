@@ -8,13 +8,26 @@ use crate::rns::RnsPoly;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plaintext {
     /// NTT form over q0..q_level.
-    pub poly: RnsPoly,
-    pub level: usize,
-    pub scale: f64,
-    pub fingerprint: [u8; 32],
+    pub(crate) poly: RnsPoly,
+    pub(crate) level: usize,
+    pub(crate) scale: f64,
+    pub(crate) fingerprint: [u8; 32],
 }
 
 impl Plaintext {
+    /// NTT form over q0..q_level.
+    pub fn poly(&self) -> &RnsPoly {
+        &self.poly
+    }
+
+    pub fn level(&self) -> usize {
+        self.level
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
     /// Encodes up to N/2 complex values at `level` and `scale`. Errors if a value is not finite or
     /// the scaled coefficients would not fit below Q_level.
     pub fn encode(
@@ -24,7 +37,7 @@ impl Plaintext {
         scale: f64,
     ) -> Result<Self, CkksError> {
         let (coeffs, max) = scaled_coefficients(ctx, values, level, scale)?;
-        let basis = &ctx.level(level).q;
+        let basis = &ctx.level_ctx(level).q;
         let mut poly = basis.zero();
         if let Ok(small) = SmallPlaintext::round(ctx, &coeffs, max, level, scale) {
             crate::par::for_each_limb(poly.data_mut(), ctx.n(), |i, limb| {
@@ -63,8 +76,8 @@ impl Plaintext {
         if &self.fingerprint != ctx.fingerprint() {
             return Err(CkksError::ParamsMismatch);
         }
-        check_level(ctx, self.level)?;
-        let basis = &ctx.level(self.level).q;
+        ctx.check_level(self.level)?;
+        let basis = &ctx.level_ctx(self.level).q;
         let wanted_bits = self.scale.log2() + DECODE_HEADROOM_BITS;
         let k = (1..=self.level).find(|&k| ctx.params().log_q_at(k - 1) >= wanted_bits);
         if let Some(k) = k {
@@ -85,16 +98,6 @@ impl Plaintext {
 /// Bits above the scale that a decoded value may use before decoding takes more limbs.
 const DECODE_HEADROOM_BITS: f64 = 40.0;
 
-pub(crate) fn check_level(ctx: &Context, level: usize) -> Result<(), CkksError> {
-    if level > ctx.max_level() {
-        return Err(CkksError::Level {
-            wanted: level,
-            max: ctx.max_level(),
-        });
-    }
-    Ok(())
-}
-
 fn complex(values: &[f64]) -> Vec<Complex> {
     values.iter().map(|&x| Complex::from(x)).collect()
 }
@@ -106,7 +109,7 @@ fn scaled_coefficients(
     level: usize,
     scale: f64,
 ) -> Result<(Vec<f64>, f64), CkksError> {
-    check_level(ctx, level)?;
+    ctx.check_level(level)?;
     if values.len() > ctx.params().slots() {
         return Err(CkksError::TooManyValues {
             given: values.len(),
@@ -146,13 +149,26 @@ fn scaled_coefficients(
 /// `Evaluator::dot_small_plain`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SmallPlaintext {
-    pub coeffs: Vec<i64>,
-    pub level: usize,
-    pub scale: f64,
-    pub fingerprint: [u8; 32],
+    pub(crate) coeffs: Vec<i64>,
+    pub(crate) level: usize,
+    pub(crate) scale: f64,
+    pub(crate) fingerprint: [u8; 32],
 }
 
 impl SmallPlaintext {
+    /// The rounded integer coefficients.
+    pub fn coeffs(&self) -> &[i64] {
+        &self.coeffs
+    }
+
+    pub fn level(&self) -> usize {
+        self.level
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
     /// Encodes real slot values; errors as `Plaintext::encode` does, and also if a coefficient
     /// is too large for this form (the scale is too large for the level's smallest prime).
     pub fn encode_real(
@@ -221,7 +237,7 @@ impl SmallPlaintext {
         level: usize,
         scale: f64,
     ) -> Result<Self, CkksError> {
-        let basis = &ctx.level(level).q;
+        let basis = &ctx.level_ctx(level).q;
         let min_q = basis.moduli().iter().map(|m| m.value()).min().unwrap_or(0);
         let overflow = CkksError::ScaleOverflow {
             scale_bits: max.log2(),
@@ -240,7 +256,7 @@ impl SmallPlaintext {
 
     /// Limb `i` (of q0..q_level) in NTT form, written into `out`.
     pub fn limb_into(&self, ctx: &Context, i: usize, out: &mut [u64]) {
-        let basis = &ctx.level(self.level).q;
+        let basis = &ctx.level_ctx(self.level).q;
         let q = basis.modulus(i).value() as i64;
         for (x, &c) in out.iter_mut().zip(&self.coeffs) {
             *x = (c + (q & (c >> 63))) as u64;

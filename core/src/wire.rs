@@ -13,7 +13,7 @@
 
 use crate::ciphertext::Ciphertext;
 use crate::context::Context;
-use crate::error::WireError;
+use crate::error::{CkksError, WireError};
 use crate::keys::{KeyKind, PublicKey, SwitchingKey};
 use crate::params::{ParamSpec, Params};
 use crate::plaintext::Plaintext;
@@ -240,11 +240,17 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn check_level(ctx: &Context, level: usize) -> Result<(), WireError> {
-    if level > ctx.max_level() {
-        return Err(WireError::Field("level"));
+/// Serializing an object with another parameter set's context would write a wrong header: refused.
+fn check_owner(ctx: &Context, fingerprint: &[u8; 32]) -> Result<(), WireError> {
+    if fingerprint != ctx.fingerprint() {
+        return Err(WireError::Fingerprint);
     }
     Ok(())
+}
+
+fn check_level(ctx: &Context, level: usize) -> Result<(), WireError> {
+    ctx.check_level(level)
+        .map_err(|_| WireError::Field("level"))
 }
 
 fn check_scale(scale: f64) -> Result<(), WireError> {
@@ -255,32 +261,43 @@ fn check_scale(scale: f64) -> Result<(), WireError> {
 }
 
 /// Serialized size of a ciphertext: what upload limits are computed from.
-pub fn ciphertext_size(ctx: &Context, level: usize, degree: usize, seeded: bool) -> usize {
+/// An error for a level the parameter set does not have.
+pub fn ciphertext_size(
+    ctx: &Context,
+    level: usize,
+    degree: usize,
+    seeded: bool,
+) -> Result<usize, CkksError> {
     let polys = if seeded { 1 } else { degree + 1 };
-    HEADER + 9 + if seeded { 32 } else { 0 } + packed_len(&ctx.level(level).q, polys)
+    let q = &ctx.level(level)?.q;
+    Ok(HEADER + 9 + if seeded { 32 } else { 0 } + packed_len(q, polys))
 }
 
 /// Serialized size of a switching key made at `level`.
-pub fn switching_key_size(ctx: &Context, level: usize) -> usize {
-    HEADER + 9 + 32 + packed_len(&ctx.level(level).qp, ctx.params().digits_at(level))
+/// An error for a level the parameter set does not have.
+pub fn switching_key_size(ctx: &Context, level: usize) -> Result<usize, CkksError> {
+    let qp = &ctx.level(level)?.qp;
+    Ok(HEADER + 9 + 32 + packed_len(qp, ctx.params().digits_at(level)))
 }
 
 /// Serialized size of the public key.
 pub fn public_key_size(ctx: &Context) -> usize {
-    HEADER + 32 + packed_len(&ctx.level(ctx.max_level()).q, 1)
+    HEADER + 32 + packed_len(&ctx.level_ctx(ctx.max_level()).q, 1)
 }
 
 impl Ciphertext {
     /// Seeded ciphertexts (fresh secret-key encryptions) send `c0` and the seed.
-    pub fn to_bytes(&self, ctx: &Context) -> Vec<u8> {
+    pub fn to_bytes(&self, ctx: &Context) -> Result<Vec<u8>, WireError> {
+        check_owner(ctx, &self.fingerprint)?;
         let seeded = self.seed.is_some() && self.degree() == 1;
-        let basis = &ctx.level(self.level).q;
+        let basis = &ctx.level_ctx(self.level).q;
         let mut w = Writer::new(
             Kind::Ciphertext,
             if seeded { FLAG_SEEDED } else { 0 },
             &self.fingerprint,
             self.level,
-            ciphertext_size(ctx, self.level, self.degree(), seeded),
+            ciphertext_size(ctx, self.level, self.degree(), seeded)
+                .map_err(|_| WireError::Field("level"))?,
         );
         w.bytes(&self.scale.to_bits().to_le_bytes());
         w.bytes(&[self.c.len() as u8]);
@@ -290,7 +307,7 @@ impl Ciphertext {
         } else {
             w.polys(basis, &self.c.iter().collect::<Vec<_>>());
         }
-        w.out
+        Ok(w.out)
     }
 
     pub fn from_bytes(ctx: &Context, buf: &[u8], limit: usize) -> Result<Self, WireError> {
@@ -303,7 +320,7 @@ impl Ciphertext {
         if !(2..=3).contains(&count) {
             return Err(WireError::Field("degree"));
         }
-        let basis = &ctx.level(level).q;
+        let basis = &ctx.level_ctx(level).q;
         let (c, seed) = if flags & FLAG_SEEDED != 0 {
             if count != 2 {
                 return Err(WireError::Field("degree"));
@@ -326,8 +343,9 @@ impl Ciphertext {
 }
 
 impl Plaintext {
-    pub fn to_bytes(&self, ctx: &Context) -> Vec<u8> {
-        let basis = &ctx.level(self.level).q;
+    pub fn to_bytes(&self, ctx: &Context) -> Result<Vec<u8>, WireError> {
+        check_owner(ctx, &self.fingerprint)?;
+        let basis = &ctx.level_ctx(self.level).q;
         let mut w = Writer::new(
             Kind::Plaintext,
             0,
@@ -337,7 +355,7 @@ impl Plaintext {
         );
         w.bytes(&self.scale.to_bits().to_le_bytes());
         w.polys(basis, &[&self.poly]);
-        w.out
+        Ok(w.out)
     }
 
     pub fn from_bytes(ctx: &Context, buf: &[u8], limit: usize) -> Result<Self, WireError> {
@@ -350,7 +368,7 @@ impl Plaintext {
         let scale = r.f64()?;
         check_scale(scale)?;
         let poly = r
-            .polys(&ctx.level(level).q, 1)?
+            .polys(&ctx.level_ctx(level).q, 1)?
             .pop()
             .expect("one polynomial");
         Ok(Self {
@@ -363,7 +381,8 @@ impl Plaintext {
 }
 
 impl PublicKey {
-    pub fn to_bytes(&self, ctx: &Context) -> Vec<u8> {
+    pub fn to_bytes(&self, ctx: &Context) -> Result<Vec<u8>, WireError> {
+        check_owner(ctx, &self.fingerprint)?;
         let level = ctx.max_level();
         let mut w = Writer::new(
             Kind::PublicKey,
@@ -373,8 +392,8 @@ impl PublicKey {
             public_key_size(ctx),
         );
         w.bytes(&self.seed);
-        w.polys(&ctx.level(level).q, &[&self.b]);
-        w.out
+        w.polys(&ctx.level_ctx(level).q, &[&self.b]);
+        Ok(w.out)
     }
 
     pub fn from_bytes(ctx: &Context, buf: &[u8], limit: usize) -> Result<Self, WireError> {
@@ -384,7 +403,7 @@ impl PublicKey {
             return Err(WireError::Field("public key header"));
         }
         let seed = r.seed()?;
-        let basis = &ctx.level(level).q;
+        let basis = &ctx.level_ctx(level).q;
         let b = r.polys(basis, 1)?.pop().expect("one polynomial");
         Ok(Self {
             b,
@@ -397,7 +416,8 @@ impl PublicKey {
 
 impl SwitchingKey {
     /// Sends the `b_j` halves and the seed of the `a_j`.
-    pub fn to_bytes(&self, ctx: &Context) -> Vec<u8> {
+    pub fn to_bytes(&self, ctx: &Context) -> Result<Vec<u8>, WireError> {
+        check_owner(ctx, &self.fingerprint)?;
         let (kind, g) = match self.kind {
             KeyKind::Relin => (Kind::RelinKey, 0),
             KeyKind::Galois(g) => (Kind::GaloisKey, g),
@@ -407,16 +427,16 @@ impl SwitchingKey {
             FLAG_SEEDED,
             &self.fingerprint,
             self.level,
-            switching_key_size(ctx, self.level),
+            switching_key_size(ctx, self.level).map_err(|_| WireError::Field("level"))?,
         );
         w.bytes(&g.to_le_bytes());
         w.bytes(&[self.b.len() as u8]);
         w.bytes(&self.seed);
         w.polys(
-            &ctx.level(self.level).qp,
+            &ctx.level_ctx(self.level).qp,
             &self.b.iter().collect::<Vec<_>>(),
         );
-        w.out
+        Ok(w.out)
     }
 
     /// Parses a relinearization or Galois key (whichever the header says).
@@ -441,7 +461,7 @@ impl SwitchingKey {
             return Err(WireError::Field("digits"));
         }
         let seed = r.seed()?;
-        let b = r.polys(&ctx.level(level).qp, digits)?;
+        let b = r.polys(&ctx.level_ctx(level).qp, digits)?;
         Ok(Self {
             kind: key_kind,
             level,

@@ -143,16 +143,16 @@ fn multiply_relinearize_rescale_single_level() {
     let prod: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
     let ct = ev.mul_relin(&ca, &cb, &f.keys).unwrap();
     assert_eq!(ct.degree(), 1);
-    assert!((ct.scale - D40 * D40).abs() < 1.0);
+    assert!((ct.scale() - D40 * D40).abs() < 1.0);
     assert!(
         max_err(&decrypt_real(f, &ct), &prod) < 1e-6,
         "mul {}",
         max_err(&decrypt_real(f, &ct), &prod)
     );
     let r = ev.rescale(&ct).unwrap();
-    assert_eq!(r.level, l - 1);
+    assert_eq!(r.level(), l - 1);
     let q_l = f.ctx.params().q()[l] as f64;
-    assert_eq!(r.scale, D40 * D40 / q_l);
+    assert_eq!(r.scale(), D40 * D40 / q_l);
     // scale 2^30 after the rescale: error ~ 4.5 * N/4.24 / 2^30 ~ 2^-16
     assert!(
         max_err(&decrypt_real(f, &r), &prod) < 5e-5,
@@ -170,7 +170,7 @@ fn multiply_relinearize_rescale_single_level() {
         .rescale(&ev.mul_const(&ca, -1.375, q_l).unwrap())
         .unwrap();
     assert!(
-        (mc.scale / D40 - 1.0).abs() < 1e-12,
+        (mc.scale() / D40 - 1.0).abs() < 1e-12,
         "const scale chosen as q_l keeps the scale"
     );
     assert!(max_err(&decrypt_real(f, &mc), &scaled) < 1e-6);
@@ -200,9 +200,9 @@ fn two_levels_per_prime() {
             *x = *x * wi * bi;
         }
         assert!(
-            (ct.scale.log2() - 25.0).abs() < 0.01,
+            (ct.scale().log2() - 25.0).abs() < 0.01,
             "scale 2^{}",
-            ct.scale.log2()
+            ct.scale().log2()
         );
         rounds += 1;
     }
@@ -455,12 +455,12 @@ fn small_plaintext_inner_products_match_plaintext_products() {
     let full = Plaintext::encode_real(&f.ctx, &w1, l, D25).unwrap();
     let mut limb = vec![0u64; f.ctx.n()];
     p1.limb_into(&f.ctx, 1, &mut limb);
-    assert_eq!(limb.as_slice(), full.poly.limb(1));
+    assert_eq!(limb.as_slice(), full.poly().limb(1));
     // a*w1 + b*w2
     let acc = ev
         .dot_small_plain(&[&ca, &cb], &[p1.clone(), p2.clone()])
         .unwrap();
-    assert_eq!(acc.scale, D40 * D25);
+    assert_eq!(acc.scale(), D40 * D25);
     let want: Vec<f64> = (0..n).map(|i| a[i] * w1[i] + b[i] * w2[i]).collect();
     let err = max_err(&decrypt_real(f, &acc), &want);
     assert!(err < 1e-5, "{err}");
@@ -489,16 +489,16 @@ fn paired_small_plaintexts_equal_single_encodings() {
     let q2 = SmallPlaintext::encode_real(&f.ctx, &w2, l, 4.0 * D25).unwrap();
     // the same integers up to the float rounding of ties (coefficients are about 2^17)
     for (p, q) in [(&p1, &q1), (&p2, &q2)] {
-        assert_eq!((p.scale, p.level), (q.scale, q.level));
+        assert_eq!((p.scale(), p.level()), (q.scale(), q.level()));
         let worst = p
-            .coeffs
+            .coeffs()
             .iter()
-            .zip(&q.coeffs)
+            .zip(q.coeffs())
             .map(|(a, b)| (a - b).abs())
             .max()
             .unwrap();
         assert!(worst <= 1, "coefficients differ by {worst}");
-        assert!(q.coeffs.iter().any(|&c| c.abs() > 1 << 12));
+        assert!(q.coeffs().iter().any(|&c| c.abs() > 1 << 12));
     }
     assert!(SmallPlaintext::encode_real_pair(&f.ctx, &w1, 0.5, &w2, D25, l).is_err());
     assert!(SmallPlaintext::encode_real_pair(&f.ctx, &w1, D25, &w2, 2f64.powi(60), l).is_err());
@@ -537,4 +537,60 @@ fn key_switching_precision_at_the_resnet_set() {
         let err = max_err(&got, &want);
         assert!(err < 1e-2, "square at level {level}: {err}");
     }
+}
+
+#[test]
+fn in_place_forms_equal_the_allocating_ones() {
+    let f = fixture();
+    let ev = Evaluator::new(&f.ctx);
+    let n = f.ctx.params().slots();
+    let l = f.ctx.max_level();
+    let a = values(n, 31);
+    let ct = encrypt(f, &a, l, D40 * D40);
+    // rescale
+    let want = ev.rescale(&ct).unwrap();
+    let mut got = ct.clone();
+    ev.rescale_assign(&mut got).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(got.level(), l - 1);
+    // drop_level
+    let want = ev.drop_level(&ct, l - 2).unwrap();
+    let mut got = ct.clone();
+    ev.drop_level_assign(&mut got, l - 2).unwrap();
+    assert_eq!(got, want);
+    assert!(
+        ev.drop_level_assign(&mut got, l).is_err(),
+        "cannot raise a level"
+    );
+    // add_plain
+    let pt = Plaintext::encode_real(&f.ctx, &values(n, 32), l, D40 * D40).unwrap();
+    let want = ev.add_plain(&ct, &pt).unwrap();
+    let mut got = ct.clone();
+    ev.add_plain_assign(&mut got, &pt).unwrap();
+    assert_eq!(got.parts(), want.parts());
+    // the zero ciphertext decrypts to zero and is neutral
+    let z = ev.zero(l, D40).unwrap();
+    assert!(max_err(&decrypt_real(f, &z), &vec![0.0; n]) < 1e-9);
+    assert!(ev.zero(l + 1, D40).is_err(), "no such level");
+}
+
+#[test]
+fn invariants_are_checked_at_the_boundary() {
+    let f = fixture();
+    let l = f.ctx.max_level();
+    let mut ct = encrypt(f, &values(8, 33), l, D40);
+    // the scale can be pinned to an equal value, never changed
+    ct.pin_scale(D40 * (1.0 + 1e-12)).unwrap();
+    assert!(matches!(
+        ct.pin_scale(D40 * 1.001),
+        Err(CkksError::ScaleMismatch(..))
+    ));
+    // levels above the top are errors, not panics
+    assert!(f.ctx.level(l).is_ok());
+    assert!(matches!(f.ctx.level(l + 1), Err(CkksError::Level { .. })));
+    assert!(wire::ciphertext_size(&f.ctx, l + 1, 1, false).is_err());
+    assert!(wire::switching_key_size(&f.ctx, l + 1).is_err());
+    // serializing with another parameter set's context is refused
+    let other = Context::named("N12_TINY").unwrap();
+    assert_eq!(ct.to_bytes(&other), Err(WireError::Fingerprint));
 }

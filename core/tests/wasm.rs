@@ -29,7 +29,7 @@ fn encrypt_rotate_decrypt() {
         .collect();
     let pt = Plaintext::encode_real(&ctx, &v, ctx.max_level(), 2f64.powi(25)).unwrap();
     let ct = Encryptor::new(&ctx).encrypt_sk(&pt, &sk).unwrap();
-    let bytes = ct.to_bytes(&ctx);
+    let bytes = ct.to_bytes(&ctx).unwrap();
     let ct = Ciphertext::from_bytes(&ctx, &bytes, 1 << 20).unwrap();
     let r = Evaluator::new(&ctx).rotate(&ct, 1, &keys).unwrap();
     let got = decrypt(&ctx, &r, &sk).unwrap().decode(&ctx).unwrap();

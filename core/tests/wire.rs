@@ -51,18 +51,18 @@ fn round_trips() {
     let f = fx();
     let ctx = &f.ctx;
     for ct in [&f.ct_seeded, &f.ct_full] {
-        let bytes = ct.to_bytes(ctx);
+        let bytes = ct.to_bytes(ctx).unwrap();
         assert_eq!(
             bytes.len(),
-            ciphertext_size(ctx, ct.level, 1, ct.seed.is_some())
+            ciphertext_size(ctx, ct.level(), 1, ct.is_seeded()).unwrap()
         );
         let back = Ciphertext::from_bytes(ctx, &bytes, LIMIT).unwrap();
         assert_eq!(&back, ct);
     }
     // a seeded ciphertext is about half the size of an unseeded one
     let (s, u) = (
-        f.ct_seeded.to_bytes(ctx).len(),
-        f.ct_full.to_bytes(ctx).len(),
+        f.ct_seeded.to_bytes(ctx).unwrap().len(),
+        f.ct_full.to_bytes(ctx).unwrap().len(),
     );
     assert!(s * 2 < u + 200, "{s} vs {u}");
     // residues are bit-packed: 6 primes of 60/50 bits = 310 bits per coefficient
@@ -75,19 +75,19 @@ fn round_trips() {
         310
     );
     assert!(u < 2 * ctx.n() * 310 / 8 + 100);
-    let pt = Plaintext::from_bytes(ctx, &f.pt.to_bytes(ctx), LIMIT).unwrap();
+    let pt = Plaintext::from_bytes(ctx, &f.pt.to_bytes(ctx).unwrap(), LIMIT).unwrap();
     assert_eq!(pt, f.pt);
-    let pk = PublicKey::from_bytes(ctx, &f.pk.to_bytes(ctx), LIMIT).unwrap();
+    let pk = PublicKey::from_bytes(ctx, &f.pk.to_bytes(ctx).unwrap(), LIMIT).unwrap();
     assert_eq!(pk, f.pk);
     for key in [&f.rlk, &f.gk] {
-        let bytes = key.to_bytes(ctx);
-        assert_eq!(bytes.len(), switching_key_size(ctx, key.level));
+        let bytes = key.to_bytes(ctx).unwrap();
+        assert_eq!(bytes.len(), switching_key_size(ctx, key.level()).unwrap());
         assert_eq!(&SwitchingKey::from_bytes(ctx, &bytes, LIMIT).unwrap(), key);
     }
     let params = Params::from_bytes(&ctx.params().to_bytes()).unwrap();
     assert_eq!(&params, ctx.params());
     // a deserialized seeded ciphertext still decrypts
-    let back = Ciphertext::from_bytes(ctx, &f.ct_seeded.to_bytes(ctx), LIMIT).unwrap();
+    let back = Ciphertext::from_bytes(ctx, &f.ct_seeded.to_bytes(ctx).unwrap(), LIMIT).unwrap();
     let got = decrypt(ctx, &back, &f.sk).unwrap().decode(ctx).unwrap();
     assert!((got[42].re - 0.42).abs() < 1e-6);
 }
@@ -97,7 +97,7 @@ fn foreign_and_wrong_kind_and_limits() {
     let f = fx();
     let ctx = &f.ctx;
     let other = Context::named("N12_TINY").unwrap();
-    let bytes = f.ct_seeded.to_bytes(ctx);
+    let bytes = f.ct_seeded.to_bytes(ctx).unwrap();
     assert_eq!(
         Ciphertext::from_bytes(&other, &bytes, LIMIT),
         Err(WireError::Fingerprint)
@@ -127,8 +127,8 @@ fn foreign_and_wrong_kind_and_limits() {
     lv[40] = 200;
     assert!(Ciphertext::from_bytes(ctx, &lv, LIMIT).is_err());
     // a residue >= its prime: set the first packed residue to all ones
-    let mut res = f.ct_full.to_bytes(ctx);
-    let start = res.len() - ciphertext_size(ctx, f.ct_full.level, 1, false) + 40 + 2 + 9;
+    let mut res = f.ct_full.to_bytes(ctx).unwrap();
+    let start = res.len() - ciphertext_size(ctx, f.ct_full.level(), 1, false).unwrap() + 40 + 2 + 9;
     for b in &mut res[start..start + 8] {
         *b = 0xff;
     }
@@ -164,7 +164,7 @@ proptest! {
     #[test]
     fn truncation_is_an_error(cut in 0usize..1000) {
         let f = fx();
-        for bytes in [f.ct_seeded.to_bytes(&f.ctx), f.gk.to_bytes(&f.ctx), f.pk.to_bytes(&f.ctx)] {
+        for bytes in [f.ct_seeded.to_bytes(&f.ctx).unwrap(), f.gk.to_bytes(&f.ctx).unwrap(), f.pk.to_bytes(&f.ctx).unwrap()] {
             let at = cut.min(bytes.len() - 1) * (bytes.len() - 1) / 999;
             let t = &bytes[..at];
             prop_assert!(Ciphertext::from_bytes(&f.ctx, t, LIMIT).is_err());
@@ -176,7 +176,7 @@ proptest! {
     #[test]
     fn corrupted_headers_never_panic(pos in 0usize..60, val in any::<u8>()) {
         let f = fx();
-        for bytes in [f.ct_seeded.to_bytes(&f.ctx), f.ct_full.to_bytes(&f.ctx), f.rlk.to_bytes(&f.ctx)] {
+        for bytes in [f.ct_seeded.to_bytes(&f.ctx).unwrap(), f.ct_full.to_bytes(&f.ctx).unwrap(), f.rlk.to_bytes(&f.ctx).unwrap()] {
             let mut b = bytes.clone();
             b[pos] = val;
             // either an error, or (if the byte did not matter) a valid object
@@ -198,7 +198,7 @@ proptest! {
     #[test]
     fn corrupted_payload_is_caught_or_harmless(pos in 0usize..100000, val in any::<u8>()) {
         let f = fx();
-        let mut b = f.ct_full.to_bytes(&f.ctx);
+        let mut b = f.ct_full.to_bytes(&f.ctx).unwrap();
         let p = 51 + pos % (b.len() - 51);
         b[p] = val;
         match Ciphertext::from_bytes(&f.ctx, &b, LIMIT) {

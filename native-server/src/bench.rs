@@ -4,13 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blindsight_core::wire::ciphertext_size;
-use blindsight_core::{Context, Evaluator, SecretKey};
-use serde_json::{json, Value};
+use blindsight_client::{Client, ClientContract};
+use blindsight_core::{CkksError, Context, EvaluationKeys, Evaluator};
+use serde::{Deserialize, Serialize};
 
-use crate::he::client::{
-    decrypt_logits, encrypt_input, evaluation_key_bytes, evaluation_keys, input_bytes,
-};
+use crate::contract::client_contract;
 use crate::he::infer::{evaluate, StepReport};
 use crate::he::plan::Plan;
 use crate::model::Model;
@@ -29,12 +27,14 @@ pub struct ImageResult {
     pub steps: Vec<StepReport>,
 }
 
-/// Keys made once for a run.
+/// Both halves in one process: the server's plan and the client made from its contract, with
+/// keys made once for a run. The client side is the very code the browser runs.
 pub struct Session {
     pub ctx: Arc<Context>,
     pub plan: Plan,
-    pub sk: SecretKey,
-    pub keys: blindsight_core::EvaluationKeys,
+    pub contract: ClientContract,
+    pub client: Client,
+    pub keys: EvaluationKeys,
     pub keygen: Duration,
 }
 
@@ -42,13 +42,15 @@ impl Session {
     pub fn new(model: &Model, params: &str) -> anyhow::Result<Self> {
         let ctx = Context::named(params)?;
         let plan = Plan::new(model, &ctx)?;
+        let contract = client_contract(model, &plan, &ctx)?;
         let t0 = Instant::now();
-        let sk = SecretKey::generate(&ctx);
-        let keys = evaluation_keys(&ctx, &sk, &plan)?;
+        let client = Client::new(contract.clone())?;
+        let keys = client.evaluation_keys()?;
         Ok(Self {
             ctx,
             plan,
-            sk,
+            contract,
+            client,
             keys,
             keygen: t0.elapsed(),
         })
@@ -64,14 +66,14 @@ impl Session {
     ) -> anyhow::Result<ImageResult> {
         let reference = plain::forward(model, input)?;
         let t0 = Instant::now();
-        let ct = encrypt_input(&self.ctx, &self.sk, &self.plan, input)?;
+        let ct = self.client.encrypt_tensor(input)?;
         let encrypt = t0.elapsed();
         let ev = Evaluator::new(&self.ctx);
         let t1 = Instant::now();
         let (out, steps) = evaluate(&self.plan, &ev, &self.keys, &ct, |i, n, _| progress(i, n))?;
         let eval = t1.elapsed();
         let t2 = Instant::now();
-        let logits = decrypt_logits(&self.ctx, &self.sk, &self.plan, &out)?;
+        let logits = self.client.decrypt_logits(&out)?;
         let decrypt = t2.elapsed();
         let err = logits
             .iter()
@@ -91,12 +93,7 @@ impl Session {
     }
 }
 
-pub fn argmax(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
-}
+pub use blindsight_client::argmax;
 
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -119,9 +116,77 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Per-step medians over images: (name, kind, seconds, level, log2 scale, rotations, plain mults,
-/// ct mults).
-pub fn layer_table(results: &[ImageResult]) -> Vec<Value> {
+/// The JSON report of a run (`blindsight bench --json`). Field names are the JSON keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// The model's name.
+    pub model: String,
+    pub images: usize,
+    pub threads: usize,
+    /// Median seconds of the encrypted network per image.
+    pub latency_s: f64,
+    /// Median seconds of encryption per image.
+    pub encrypt_s: f64,
+    /// Median seconds of decryption per image.
+    pub decrypt_s: f64,
+    /// Seconds to make the secret and evaluation keys (once per run).
+    pub keygen_s: f64,
+    /// Bytes the client uploads for the evaluation keys.
+    pub eval_key_bytes: usize,
+    pub rotation_keys: usize,
+    /// Bytes of the uploaded (seeded) input ciphertext.
+    pub ciphertext_bytes: usize,
+    /// Bytes of the returned output ciphertext.
+    pub output_ciphertext_bytes: usize,
+    /// Peak resident memory of the process; `null` where the platform does not report it.
+    pub peak_rss_bytes: Option<u64>,
+    /// Largest |encrypted - plaintext| logit over all images.
+    pub max_abs_logit_error: f64,
+    /// Fraction of images whose encrypted label equals the plaintext label.
+    pub agreement: f64,
+    /// Fraction of images whose encrypted label is the true label.
+    pub accuracy: f64,
+    /// Fraction of images whose plaintext label is the true label.
+    pub plaintext_accuracy: f64,
+    pub params: ParamsInfo,
+    /// One row per evaluation step, in order.
+    pub layers: Vec<LayerRow>,
+}
+
+/// The CKKS parameter set of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParamsInfo {
+    pub name: String,
+    /// Ring degree.
+    pub n: usize,
+    /// Bit sizes of the ciphertext primes q_i.
+    pub log_q_bits: Vec<u32>,
+    /// Bit sizes of the key-switching primes p_j.
+    pub log_p_bits: Vec<u32>,
+    pub dnum: usize,
+    /// log2 of the whole modulus QP.
+    pub log2_qp: f64,
+    /// log2 of the encoding scale.
+    pub log2_scale: u32,
+}
+
+/// One evaluation step: the median time over images, and the step's level, scale and op counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerRow {
+    pub name: String,
+    pub kind: String,
+    pub seconds: f64,
+    /// Level of the value produced.
+    pub level: usize,
+    /// log2 of the scale of the value produced.
+    pub log2_scale: f64,
+    pub rotations: usize,
+    pub plain_mults: usize,
+    pub ct_mults: usize,
+}
+
+/// Per-step medians over images.
+pub fn layer_table(results: &[ImageResult]) -> Vec<LayerRow> {
     let Some(first) = results.first() else {
         return Vec::new();
     };
@@ -129,48 +194,143 @@ pub fn layer_table(results: &[ImageResult]) -> Vec<Value> {
         .steps
         .iter()
         .enumerate()
-        .map(|(i, st)| {
-            let secs = median(
+        .map(|(i, st)| LayerRow {
+            name: st.name.clone(),
+            kind: st.kind.to_string(),
+            seconds: median(
                 results
                     .iter()
                     .map(|r| r.steps[i].time.as_secs_f64())
                     .collect(),
-            );
-            json!({
-                "name": st.name, "kind": st.kind, "seconds": secs, "level": st.level,
-                "log2_scale": st.log_scale, "rotations": st.counts.rotations,
-                "plain_mults": st.counts.plain_mults, "ct_mults": st.counts.ct_mults,
-            })
+            ),
+            level: st.level,
+            log2_scale: st.log_scale,
+            rotations: st.counts.rotations,
+            plain_mults: st.counts.plain_mults,
+            ct_mults: st.counts.ct_mults,
         })
         .collect()
 }
 
-/// The JSON report of a run.
-pub fn report(session: &Session, model: &Model, results: &[ImageResult], threads: usize) -> Value {
+/// The report of a run. Fails only where a key or ciphertext size cannot be computed (a level the
+/// parameter set does not have).
+pub fn report(
+    session: &Session,
+    model: &Model,
+    results: &[ImageResult],
+    threads: usize,
+) -> Result<BenchReport, CkksError> {
     let n = results.len().max(1) as f64;
+    let fraction = |f: fn(&ImageResult) -> bool| results.iter().filter(|r| f(r)).count() as f64 / n;
+    let median_s = |f: fn(&ImageResult) -> Duration| {
+        median(results.iter().map(|r| f(r).as_secs_f64()).collect())
+    };
     let p = session.ctx.params();
-    let ctx = &session.ctx;
-    json!({
-        "model": model.metadata().name,
-        "images": results.len(),
-        "threads": threads,
-        "latency_s": median(results.iter().map(|r| r.eval.as_secs_f64()).collect()),
-        "encrypt_s": median(results.iter().map(|r| r.encrypt.as_secs_f64()).collect()),
-        "decrypt_s": median(results.iter().map(|r| r.decrypt.as_secs_f64()).collect()),
-        "keygen_s": session.keygen.as_secs_f64(),
-        "eval_key_bytes": evaluation_key_bytes(ctx, &session.plan),
-        "rotation_keys": session.plan.rotations.len(),
-        "ciphertext_bytes": input_bytes(ctx, &session.plan),
-        "output_ciphertext_bytes": ciphertext_size(ctx, 0, 1, false),
-        "peak_rss_bytes": peak_rss_bytes(),
-        "max_abs_logit_error": results.iter().map(|r| r.max_abs_logit_error).fold(0.0, f64::max),
-        "agreement": results.iter().filter(|r| r.he_label == r.plain_label).count() as f64 / n,
-        "accuracy": results.iter().filter(|r| r.he_label == r.label).count() as f64 / n,
-        "plaintext_accuracy": results.iter().filter(|r| r.plain_label == r.label).count() as f64 / n,
-        "params": {
-            "name": p.name(), "n": p.n(), "log_q_bits": p.spec().q_bits, "log_p_bits": p.spec().p_bits,
-            "dnum": p.dnum(), "log2_qp": p.log_qp(), "log2_scale": p.spec().log_scale,
+    Ok(BenchReport {
+        model: model.metadata().name.clone(),
+        images: results.len(),
+        threads,
+        latency_s: median_s(|r| r.eval),
+        encrypt_s: median_s(|r| r.encrypt),
+        decrypt_s: median_s(|r| r.decrypt),
+        keygen_s: session.keygen.as_secs_f64(),
+        eval_key_bytes: session.contract.key_bytes(),
+        rotation_keys: session.plan.rotations.len(),
+        ciphertext_bytes: session.contract.input.bytes,
+        output_ciphertext_bytes: session.contract.output.bytes,
+        peak_rss_bytes: peak_rss_bytes(),
+        max_abs_logit_error: results
+            .iter()
+            .map(|r| r.max_abs_logit_error)
+            .fold(0.0, f64::max),
+        agreement: fraction(|r| r.he_label == r.plain_label),
+        accuracy: fraction(|r| r.he_label == r.label),
+        plaintext_accuracy: fraction(|r| r.plain_label == r.label),
+        params: ParamsInfo {
+            name: p.name().to_string(),
+            n: p.n(),
+            log_q_bits: p.spec().q_bits.clone(),
+            log_p_bits: p.spec().p_bits.clone(),
+            dnum: p.dnum(),
+            log2_qp: p.log_qp(),
+            log2_scale: p.spec().log_scale,
         },
-        "layers": layer_table(results),
+        layers: layer_table(results),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn sample() -> BenchReport {
+        BenchReport {
+            model: "m".into(),
+            images: 2,
+            threads: 4,
+            latency_s: 1.5,
+            encrypt_s: 0.25,
+            decrypt_s: 0.125,
+            keygen_s: 3.0,
+            eval_key_bytes: 1000,
+            rotation_keys: 7,
+            ciphertext_bytes: 200,
+            output_ciphertext_bytes: 300,
+            peak_rss_bytes: None,
+            max_abs_logit_error: 0.01,
+            agreement: 1.0,
+            accuracy: 0.5,
+            plaintext_accuracy: 0.5,
+            params: ParamsInfo {
+                name: "P".into(),
+                n: 8,
+                log_q_bits: vec![30, 25],
+                log_p_bits: vec![31],
+                dnum: 1,
+                log2_qp: 86.0,
+                log2_scale: 25,
+            },
+            layers: vec![LayerRow {
+                name: "conv1".into(),
+                kind: "linear".into(),
+                seconds: 0.5,
+                level: 3,
+                log2_scale: 25.0,
+                rotations: 10,
+                plain_mults: 20,
+                ct_mults: 0,
+            }],
+        }
+    }
+
+    /// The keys and value types of the JSON file, as the report has always written them.
+    #[test]
+    fn report_json_keeps_its_keys_and_types() {
+        let value = serde_json::to_value(sample()).unwrap();
+        let want = json!({
+            "model": "m", "images": 2, "threads": 4, "latency_s": 1.5, "encrypt_s": 0.25,
+            "decrypt_s": 0.125, "keygen_s": 3.0, "eval_key_bytes": 1000, "rotation_keys": 7,
+            "ciphertext_bytes": 200, "output_ciphertext_bytes": 300, "peak_rss_bytes": null,
+            "max_abs_logit_error": 0.01, "agreement": 1.0, "accuracy": 0.5,
+            "plaintext_accuracy": 0.5,
+            "params": {
+                "name": "P", "n": 8, "log_q_bits": [30, 25], "log_p_bits": [31], "dnum": 1,
+                "log2_qp": 86.0, "log2_scale": 25,
+            },
+            "layers": [{
+                "name": "conv1", "kind": "linear", "seconds": 0.5, "level": 3, "log2_scale": 25.0,
+                "rotations": 10, "plain_mults": 20, "ct_mults": 0,
+            }],
+        });
+        assert_eq!(value, want);
+        let mut with_rss = sample();
+        with_rss.peak_rss_bytes = Some(1 << 30);
+        assert_eq!(
+            serde_json::to_value(with_rss).unwrap()["peak_rss_bytes"],
+            Value::from(1u64 << 30)
+        );
+        let back: BenchReport = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(serde_json::to_value(back).unwrap(), value);
+    }
 }

@@ -2,6 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use blindsight_core::layout::LayoutError;
+
+use crate::model::{Model, Shape};
+
 /// One record: label and planar CHW pixels.
 pub struct Record {
     pub label: usize,
@@ -21,10 +25,45 @@ pub enum CifarError {
         len: usize,
         record: usize,
     },
+    #[error("the model's input is {found}, but CIFAR images are {CHANNELS}x{SIDE}x{SIDE}")]
+    ModelInput { found: Shape },
+    #[error("normalizing a CIFAR image: {0}")]
+    Normalize(LayoutError),
 }
 
+/// Channels of a CIFAR image.
+pub const CHANNELS: usize = 3;
+/// Height and width of a CIFAR image.
+pub const SIDE: usize = 32;
 /// Bytes of one CIFAR-10 record.
-pub const RECORD: usize = 1 + 3 * 32 * 32;
+pub const RECORD: usize = 1 + CHANNELS * SIDE * SIDE;
+
+/// The shape of a CIFAR image.
+pub const SHAPE: Shape = Shape::Map {
+    channels: CHANNELS,
+    height: SIDE,
+    width: SIDE,
+};
+
+/// Checks that `model` takes CIFAR images as they are: 3x32x32, no resizing.
+pub fn check_model(model: &Model) -> Result<(), CifarError> {
+    match model.input_shape() {
+        SHAPE => Ok(()),
+        found => Err(CifarError::ModelInput { found }),
+    }
+}
+
+impl Record {
+    /// The record's pixels as `model`'s normalized CHW input; the model must take 3x32x32 inputs.
+    pub fn model_input(&self, model: &Model) -> Result<Vec<f64>, CifarError> {
+        check_model(model)?;
+        let input = model.input();
+        model
+            .normalization()
+            .normalize_chw(&self.pixels, input.height, input.width)
+            .map_err(CifarError::Normalize)
+    }
+}
 
 /// Reads up to `count` records starting at record `skip`.
 pub fn read(path: &Path, skip: usize, count: usize) -> Result<Vec<Record>, CifarError> {
@@ -86,5 +125,33 @@ mod tests {
             Err(CifarError::Io { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn records_become_model_inputs_only_for_3x32x32_models() {
+        let model = Model::embedded().unwrap();
+        let record = Record {
+            label: 0,
+            pixels: (0..RECORD - 1).map(|i| i as u8).collect(),
+        };
+        let input = record.model_input(&model).unwrap();
+        assert_eq!(input.len(), RECORD - 1);
+        let want = model
+            .normalization()
+            .normalize_chw(&record.pixels, SIDE, SIDE)
+            .unwrap();
+        assert_eq!(input, want);
+
+        let (manifest, tensors) = crate::model::tests::tiny();
+        let tiny = crate::model::tests::load(&manifest, &tensors).unwrap();
+        let err = record.model_input(&tiny).unwrap_err();
+        assert!(
+            matches!(err, CifarError::ModelInput { found } if found == tiny.input_shape()),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the model's input is 2x4x4, but CIFAR images are 3x32x32"
+        );
     }
 }

@@ -8,18 +8,13 @@
 
 use std::io::Cursor;
 
+use blindsight_client::image::{fit_rgb, over_white};
+pub use blindsight_client::image::{MAX_PIXELS, MAX_SIDE};
 use blindsight_core::layout::LayoutError;
-use image::imageops::{self, FilterType};
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 use crate::model::Model;
-
-/// Largest accepted width or height.
-pub const MAX_SIDE: u32 = 8192;
-/// Largest accepted pixel count: 16 Mi pixels, 64 MiB as RGBA8 (a 16-megapixel photo fits). Decoding
-/// then needs at most 128 MiB (16-bit RGBA) plus the RGB8 copy.
-pub const MAX_PIXELS: u64 = 16 << 20;
 
 /// Why an image could not be turned into a model input.
 #[derive(Debug, thiserror::Error)]
@@ -49,22 +44,26 @@ pub fn model_input(bytes: &[u8], model: &Model) -> Result<Vec<f64>, ImageInputEr
         .map_err(ImageInputError::Layout)
 }
 
-/// Decodes `bytes` and returns the center crop, resized to `width` x `height`, as RGB8.
+/// Decodes `bytes` and returns the center crop, resized to `width` x `height`, as RGB8: the
+/// decoding is ours, the rest is the client's code (`blindsight_client::image`), which the browser
+/// runs on canvas pixels, so both sides make the same tensor from the same picture.
 pub fn load_rgb8(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, ImageInputError> {
-    let (image, orientation) = decode(bytes)?;
-    let mut rgb = DynamicImage::ImageRgb8(over_white(image));
-    rgb.apply_orientation(orientation);
-    let rgb = rgb.into_rgb8();
-    let (x, y, w, h) = center_crop(rgb.dimensions(), (width, height));
-    let crop = imageops::crop_imm(&rgb, x, y, w, h);
-    // Lanczos3 widens its support with the scale factor, so a large downscale averages every source
-    // pixel instead of aliasing.
-    Ok(imageops::resize(
-        &*crop,
-        width,
-        height,
-        FilterType::Lanczos3,
-    ))
+    let (mut image, orientation) = decode(bytes)?;
+    image.apply_orientation(orientation);
+    let rgb = if image.color().has_alpha() {
+        over_white(&image.into_rgba8())
+    } else {
+        image.into_rgb8()
+    };
+    Ok(fit_rgb(&rgb, width, height))
+}
+
+/// Decodes `bytes` (upright, by its EXIF orientation) to RGBA8: what a browser's canvas gives
+/// the page, for clients that then run the browser's code (`Client::encrypt_rgba`).
+pub fn decode_rgba(bytes: &[u8]) -> Result<image::RgbaImage, ImageInputError> {
+    let (mut image, orientation) = decode(bytes)?;
+    image.apply_orientation(orientation);
+    Ok(image.into_rgba8())
 }
 
 /// Model input sizes are validated to fit memory; one beyond u32 saturates and no image matches it.
@@ -99,35 +98,11 @@ fn decode(bytes: &[u8]) -> Result<(DynamicImage, Orientation), ImageInputError> 
     Ok((image, orientation))
 }
 
-/// RGB8, with any transparency composited over white (as the image shows on a page).
-fn over_white(image: DynamicImage) -> RgbImage {
-    if !image.color().has_alpha() {
-        return image.into_rgb8();
-    }
-    let rgba = image.into_rgba8();
-    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let [r, g, b, a] = rgba.get_pixel(x, y).0;
-        let a = u32::from(a);
-        let blend = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
-        Rgb([blend(r), blend(g), blend(b)])
-    })
-}
-
-/// The largest centered region of `(w, h)` with the target's aspect ratio: `(x, y, width, height)`.
-fn center_crop((w, h): (u32, u32), (tw, th): (u32, u32)) -> (u32, u32, u32, u32) {
-    let (w64, h64) = (u64::from(w), u64::from(h));
-    let (tw64, th64) = (u64::from(tw.max(1)), u64::from(th.max(1)));
-    let (cw, ch) = if w64 * th64 > h64 * tw64 {
-        (((h64 * tw64 + th64 / 2) / th64).max(1) as u32, h)
-    } else {
-        (w, ((w64 * th64 + tw64 / 2) / tw64).max(1) as u32)
-    };
-    ((w - cw) / 2, (h - ch) / 2, cw, ch)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blindsight_client::image::center_crop;
+    use image::Rgb;
     use image::{ImageBuffer, Luma, LumaA, Rgba};
 
     fn encode(image: DynamicImage, format: ImageFormat) -> Vec<u8> {
@@ -305,11 +280,14 @@ mod tests {
         let model = Model::embedded().unwrap();
         let img = RgbImage::from_pixel(64, 48, Rgb([255, 0, 128]));
         let x = model_input(&png(img), &model).unwrap();
-        assert_eq!(x.len(), 3 * 32 * 32);
-        let (mean, std) = (&model.input().mean, &model.input().std);
+        let spec = model.input();
+        assert_eq!(spec.channels, 3);
+        assert_eq!(x.len(), model.input_shape().size());
+        let plane = spec.height * spec.width;
+        let (mean, std) = (&spec.mean, &spec.std);
         for (c, v) in [255.0, 0.0, 128.0].into_iter().enumerate() {
             let want = (v / 255.0 - mean[c]) / std[c];
-            assert!(x[c * 1024..(c + 1) * 1024]
+            assert!(x[c * plane..(c + 1) * plane]
                 .iter()
                 .all(|&t| (t - want).abs() < 1e-12));
         }

@@ -7,15 +7,18 @@ use std::process::ExitCode;
 use anyhow::Context;
 use std::time::Instant;
 
-use blindsight_server::bench::{self, Session};
+use blindsight_server::api::routes::router;
+use blindsight_server::api::{AppState, ServeConfig};
+use blindsight_server::bench::{self, BenchReport, Session};
 use blindsight_server::cifar;
-use blindsight_server::he::client::{decrypt_logits, encrypt_input, evaluation_key_bytes};
+use blindsight_server::contract::client_contract;
+use blindsight_server::he::bsgs::sum_rotation_count;
 use blindsight_server::he::infer::evaluate;
-use blindsight_server::he::linear::sum_rotation_count;
 use blindsight_server::he::plan::{Plan, StepKind};
 use blindsight_server::image_input::model_input;
 use blindsight_server::model::Model;
 use blindsight_server::plain::{forward, softmax};
+use blindsight_server::remote::{Progress, RemoteSession};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -39,6 +42,47 @@ enum Command {
     Bench(BenchArgs),
     /// Print the homomorphic evaluation plan: layouts, levels, rotations and keys per layer.
     Plan(PlanArgs),
+    /// Serve the HTTP API and the web page: clients upload evaluation keys and encrypted images,
+    /// the server returns encrypted logits. It never sees an image, a label or a secret key.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Model directory [default: the built-in model].
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Where session keys are stored (they survive a restart until they expire).
+    #[arg(long, value_name = "DIR", default_value = "blindsight-data")]
+    data_dir: PathBuf,
+    /// The page's directory [default: web/ if it exists].
+    #[arg(long, value_name = "DIR")]
+    web: Option<PathBuf>,
+    /// CKKS parameter set.
+    #[arg(long, default_value = "N16_L39")]
+    params: String,
+    /// Jobs evaluated at the same time.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Jobs waiting at most; beyond, submissions get 503 with Retry-After.
+    #[arg(long, default_value_t = 8)]
+    queue: usize,
+    /// Threads of the evaluation pool [default: all cores].
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Sessions held at most (each is 238 MB on disk for ResNet-20).
+    #[arg(long, default_value_t = 16)]
+    max_sessions: usize,
+    /// Seconds an idle session is kept.
+    #[arg(long, default_value_t = 3600)]
+    session_ttl: u64,
+    /// MB of evaluation keys kept loaded in memory (least recently used sessions are unloaded
+    /// first; their keys stay on disk).
+    #[arg(long, default_value_t = 2048)]
+    key_memory_mb: u64,
 }
 
 #[derive(Args)]
@@ -70,6 +114,13 @@ struct ClassifyArgs {
     /// CKKS parameter set for the encrypted path.
     #[arg(long, default_value = "N16_L39")]
     params: String,
+    /// Classify through a running server (`blindsight serve`) at URL: keys and encryption are
+    /// made here, only ciphertexts and public keys are sent.
+    #[arg(long, value_name = "URL", conflicts_with = "plaintext")]
+    server: Option<String>,
+    /// More images to classify through the server, reusing the session's keys.
+    #[arg(value_name = "MORE", requires = "server")]
+    more: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -107,6 +158,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify(&args),
         Command::Plan(args) => plan(&args),
         Command::Bench(args) => bench(&args),
+        Command::Serve(args) => serve(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,6 +179,9 @@ fn load_model(dir: Option<&Path>) -> anyhow::Result<Model> {
 }
 
 fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.server {
+        return classify_remote(url, args);
+    }
     let model = load_model(args.model.as_deref())?;
     let path = args
         .plaintext
@@ -143,7 +198,7 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
         let session = Session::new(&model, &args.params)?;
         let setup = t0.elapsed();
         let t1 = Instant::now();
-        let ct = encrypt_input(&session.ctx, &session.sk, &session.plan, &input)?;
+        let ct = session.client.encrypt_tensor(&input)?;
         let encrypt = t1.elapsed();
         let ev = blindsight_core::Evaluator::new(&session.ctx);
         let bar = step_bar(session.plan.steps.len() as u64, "evaluating");
@@ -154,14 +209,14 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
         let eval = t2.elapsed();
         bar.finish_and_clear();
         let t3 = Instant::now();
-        let logits = decrypt_logits(&session.ctx, &session.sk, &session.plan, &out)?;
+        let logits = session.client.decrypt_logits(&out)?;
         let decrypt = t3.elapsed();
         let timings = format!(
             "encrypted with {} ({} rotation keys, {:.1} MB of evaluation keys)\n\
              timings: keys {:.2} s, encrypt {:.2} s, encrypted network {:.2} s, decrypt {:.3} s\n",
             session.plan.params,
             session.plan.rotations.len(),
-            evaluation_key_bytes(&session.ctx, &session.plan) as f64 / 1e6,
+            session.contract.key_bytes() as f64 / 1e6,
             setup.as_secs_f64(),
             encrypt.as_secs_f64(),
             eval.as_secs_f64(),
@@ -188,6 +243,136 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     print_stdout(&report)
 }
 
+/// `classify --server`: a session on the server, every key uploaded once, then each image.
+fn classify_remote(url: &str, args: &ClassifyArgs) -> anyhow::Result<()> {
+    let images: Vec<&PathBuf> = args.image.iter().chain(&args.more).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes}",
+            )
+            .expect("static template"),
+        );
+        bar.set_message("uploading keys");
+        let t0 = Instant::now();
+        let session = RemoteSession::open(url, |p| {
+            if let Progress::Key { bytes, total, .. } = p {
+                bar.set_length(total as u64);
+                bar.set_position(bytes as u64);
+            }
+        })
+        .await
+        .with_context(|| format!("opening a session on {url}"))?;
+        bar.finish_and_clear();
+        let contract = session.client.contract();
+        eprintln!(
+            "session {} on {url}: {} keys, {:.1} MB uploaded in {:.1} s",
+            session.id,
+            contract.keys.len(),
+            contract.key_bytes() as f64 / 1e6,
+            t0.elapsed().as_secs_f64()
+        );
+        let mut report = String::new();
+        for path in images {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let rgba = blindsight_server::image_input::decode_rgba(&bytes)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let bar = step_bar(0, "server");
+            let t1 = Instant::now();
+            let (prediction, _) = session
+                .classify_rgba(rgba.as_raw(), rgba.width(), rgba.height(), |p| {
+                    if let Progress::Event(e) = p {
+                        match e.event.as_str() {
+                            "queued" => {
+                                bar.set_message(format!("queued ({} ahead)", e.data["position"]))
+                            }
+                            "started" => {
+                                bar.set_message("evaluating");
+                                bar.set_length(e.data["layers"].as_u64().unwrap_or(0));
+                            }
+                            "layer" => bar.set_position(e.data["index"].as_u64().unwrap_or(0)),
+                            _ => {}
+                        }
+                    }
+                })
+                .await
+                .with_context(|| format!("classifying {}", path.display()))?;
+            bar.finish_and_clear();
+            report += &format!(
+                "{}: {} ({:.4}), {:.1} s\n",
+                path.display(),
+                prediction.label,
+                prediction.probabilities[prediction.index],
+                t1.elapsed().as_secs_f64()
+            );
+        }
+        // the session's keys are of no further use to anyone
+        let _ = session
+            .remote
+            .send(
+                hyper::Method::DELETE,
+                &format!("/api/sessions/{}", session.id),
+                Vec::new(),
+            )
+            .await;
+        print_stdout(&report)
+    })
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let model = load_model(args.model.as_deref())?;
+    let web = args
+        .web
+        .clone()
+        .or_else(|| Some(PathBuf::from("web")).filter(|p| p.is_dir()));
+    let config = ServeConfig {
+        params: args.params.clone(),
+        data_dir: args.data_dir.clone(),
+        web_dir: web,
+        jobs: args.jobs,
+        queue: args.queue,
+        threads: args.threads,
+        max_sessions: args.max_sessions,
+        session_ttl: std::time::Duration::from_secs(args.session_ttl),
+        key_memory: args.key_memory_mb << 20,
+        ..ServeConfig::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let state = AppState::new(&model, config)?;
+        state.spawn_sweeper();
+        let listener = tokio::net::TcpListener::bind(&args.addr)
+            .await
+            .with_context(|| format!("listening on {}", args.addr))?;
+        let addr = listener.local_addr()?;
+        println!(
+            "Blindsight is serving {} at http://{addr}/",
+            state.model_name
+        );
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    })
+}
+
 fn step_bar(len: u64, msg: &'static str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
@@ -207,6 +392,8 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         .build_global()
         .context("starting the thread pool")?;
     let model = load_model(args.model.as_deref())?;
+    // before the keys are made: the records are fed to the model as they are, without resizing
+    cifar::check_model(&model)?;
     let path = cifar::test_batch(&args.data, args.exact);
     let records = cifar::read(&path, args.skip, args.images)?;
     if records.is_empty() {
@@ -227,13 +414,13 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         "keys: {:.2} s for {} rotation keys + relinearization, {:.1} MB",
         session.keygen.as_secs_f64(),
         session.plan.rotations.len(),
-        evaluation_key_bytes(&session.ctx, &session.plan) as f64 / 1e6
+        session.contract.key_bytes() as f64 / 1e6
     );
     let steps = session.plan.steps.len() as u64;
     let bar = step_bar(steps * records.len() as u64, "images");
     let mut results = Vec::with_capacity(records.len());
     for (k, rec) in records.iter().enumerate() {
-        let input = model.normalization().normalize_chw(&rec.pixels, 32, 32)?;
+        let input = rec.model_input(&model)?;
         let r = session.run(&model, &input, rec.label, |i, _| {
             bar.set_position(k as u64 * steps + i as u64)
         })?;
@@ -255,49 +442,61 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         results.push(r);
     }
     bar.finish_and_clear();
-    let report = bench::report(&session, &model, &results, threads);
+    let report = bench::report(&session, &model, &results, threads)?;
+    print_stdout(&bench_table(&report))?;
+    if let Some(file) = &args.json {
+        // through a `Value`, whose map sorts the keys: the file reads as it always has
+        let json = serde_json::to_string_pretty(&serde_json::to_value(&report)?)?;
+        std::fs::write(file, json + "\n").with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// The bench report as text: a row per layer, then the totals as `key: value` lines, values written
+/// as in the JSON file.
+fn bench_table(report: &BenchReport) -> String {
     let mut out = format!(
         "{:<24} {:>6} {:>9} {:>5} {:>7} {:>5} {:>6} {:>5}\n",
         "layer", "kind", "time (s)", "level", "log2 sc", "rots", "pmults", "mults"
     );
-    for l in report["layers"].as_array().into_iter().flatten() {
+    for l in &report.layers {
         out += &format!(
             "{:<24} {:>6} {:>9.3} {:>5} {:>7.1} {:>5} {:>6} {:>5}\n",
-            l["name"].as_str().unwrap_or(""),
-            l["kind"].as_str().unwrap_or(""),
-            l["seconds"].as_f64().unwrap_or(f64::NAN),
-            l["level"],
-            l["log2_scale"].as_f64().unwrap_or(f64::NAN),
-            l["rotations"],
-            l["plain_mults"],
-            l["ct_mults"]
+            l.name,
+            l.kind,
+            l.seconds,
+            l.level,
+            l.log2_scale,
+            l.rotations,
+            l.plain_mults,
+            l.ct_mults
         );
     }
-    let totals = report.as_object().expect("report is an object");
-    for key in [
-        "images",
-        "threads",
-        "latency_s",
-        "encrypt_s",
-        "decrypt_s",
-        "keygen_s",
-        "eval_key_bytes",
-        "rotation_keys",
-        "ciphertext_bytes",
-        "peak_rss_bytes",
-        "max_abs_logit_error",
-        "agreement",
-        "accuracy",
-        "plaintext_accuracy",
-    ] {
-        out += &format!("{key}: {}\n", totals[key]);
+    let totals = [
+        ("images", json(report.images)),
+        ("threads", json(report.threads)),
+        ("latency_s", json(report.latency_s)),
+        ("encrypt_s", json(report.encrypt_s)),
+        ("decrypt_s", json(report.decrypt_s)),
+        ("keygen_s", json(report.keygen_s)),
+        ("eval_key_bytes", json(report.eval_key_bytes)),
+        ("rotation_keys", json(report.rotation_keys)),
+        ("ciphertext_bytes", json(report.ciphertext_bytes)),
+        ("peak_rss_bytes", json(report.peak_rss_bytes)),
+        ("max_abs_logit_error", json(report.max_abs_logit_error)),
+        ("agreement", json(report.agreement)),
+        ("accuracy", json(report.accuracy)),
+        ("plaintext_accuracy", json(report.plaintext_accuracy)),
+    ];
+    for (key, value) in totals {
+        out += &format!("{key}: {value}\n");
     }
-    print_stdout(&out)?;
-    if let Some(file) = &args.json {
-        std::fs::write(file, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", file.display()))?;
-    }
-    Ok(())
+    out
+}
+
+/// A value as JSON writes it (`1.0`, `null`), so that the printed totals match the JSON file.
+fn json(value: impl serde::Serialize) -> String {
+    serde_json::to_string(&value).expect("numbers and options serialize")
 }
 
 fn plan(args: &PlanArgs) -> anyhow::Result<()> {
@@ -305,11 +504,12 @@ fn plan(args: &PlanArgs) -> anyhow::Result<()> {
     let ctx = blindsight_core::Context::named(&args.params)
         .with_context(|| format!("parameter set {}", args.params))?;
     let plan = Plan::new(&model, &ctx)?;
-    print_stdout(&describe_plan(&plan, &ctx))
+    let key_bytes = client_contract(&model, &plan, &ctx)?.key_bytes();
+    print_stdout(&describe_plan(&plan, &ctx, key_bytes))
 }
 
 /// The plan as a table: one row per step, then the keys.
-fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context) -> String {
+fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) -> String {
     let mut s = format!(
         "parameters {}: N = {}, {} levels; input at level {}, scale 2^{:.0}\n",
         plan.params,
@@ -351,7 +551,7 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context) -> String {
         let l = &st.value.layout;
         s += &format!(
             "{:<24} {kind:>6} {:>5} {b:>6} {g:>6} {r:>6} {d:>6}  {}x{}x{} gap {} blocks {} offset {}\n",
-            st.name, st.value.level, l.channels, l.height, l.width, l.gap, l.blocks, l.offset
+            st.name, st.value.level, l.channels(), l.height(), l.width(), l.gap(), l.blocks(), l.offset()
         );
     }
     s += &format!("total: {rots} rotations, {diags} plaintext multiplications\n");
@@ -361,7 +561,7 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context) -> String {
     }
     s += &format!(
         "\nevaluation keys: {:.1} MB (relinearization at level {:?})\n",
-        evaluation_key_bytes(ctx, plan) as f64 / 1e6,
+        key_bytes as f64 / 1e6,
         plan.relin_level
     );
     s

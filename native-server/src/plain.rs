@@ -321,6 +321,7 @@ mod tests {
 
     #[test]
     fn forward_matches_exported_reference_logits() {
+        use crate::cifar::{Record, RECORD};
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/resnet20");
         let model = crate::model::Model::from_dir(&dir).unwrap();
         let text = std::fs::read_to_string(dir.join("reference_logits.json")).unwrap();
@@ -346,17 +347,18 @@ mod tests {
                     path.display()
                 )
             });
-            const RECORD: usize = 1 + 3 * 32 * 32;
             let record = &bytes[case.index * RECORD..(case.index + 1) * RECORD];
             assert_eq!(
                 record[0], case.label,
                 "{} record {}: label",
                 case.file, case.index
             );
-            let input = model
-                .normalization()
-                .normalize_chw(&record[1..], 32, 32)
-                .unwrap();
+            let input = Record {
+                label: record[0].into(),
+                pixels: record[1..].to_vec(),
+            }
+            .model_input(&model)
+            .unwrap();
             let got = forward(&model, &input).unwrap();
             assert_close(
                 &format!("{} record {}", case.file, case.index),

@@ -27,15 +27,7 @@ fn encrypted_resnet20_matches_the_plaintext_model() {
     // comparison is meaningful
     let (input, record) = records
         .iter()
-        .map(|r| {
-            (
-                model
-                    .normalization()
-                    .normalize_chw(&r.pixels, 32, 32)
-                    .unwrap(),
-                r,
-            )
-        })
+        .map(|r| (r.model_input(&model).unwrap(), r))
         .find(|(x, _)| {
             let mut l = plain::forward(&model, x).unwrap();
             l.sort_by(|a, b| b.total_cmp(a));

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use blindsight_core::layout::SlotLayout;
-use blindsight_core::{Ciphertext, CkksError, EvaluationKeys, Evaluator, Plaintext};
+use blindsight_core::{scales_equal, Ciphertext, CkksError, EvaluationKeys, Evaluator, Plaintext};
 
 use crate::he::linear::{apply_sum, OpCounts};
 use crate::he::plan::{Plan, Ref, StepKind};
@@ -45,16 +45,16 @@ pub fn evaluate(
     input: &Ciphertext,
     mut progress: impl FnMut(usize, usize, &Ciphertext),
 ) -> Result<(Ciphertext, Vec<StepReport>), InferError> {
-    if input.level != plan.input_level {
+    if input.level() != plan.input_level {
         return Err(InferError::InputLevel {
             expected: plan.input_level,
-            found: input.level,
+            found: input.level(),
         });
     }
-    if (input.scale / plan.input_scale - 1.0).abs() > 1e-9 {
+    if !scales_equal(input.scale(), plan.input_scale) {
         return Err(InferError::InputScale {
             expected: plan.input_scale.log2(),
-            found: input.scale.log2(),
+            found: input.scale().log2(),
         });
     }
     let ctx = ev.context().clone();
@@ -74,10 +74,14 @@ pub fn evaluate(
     for (i, st) in plan.steps.iter().enumerate() {
         let t0 = Instant::now();
         let mut counts = OpCounts::default();
-        let get = |r: Ref, values: &[Option<Ciphertext>]| -> Ciphertext {
+        // values are read in place: a step copies only what it changes
+        let get = |r: Ref| -> Result<&Ciphertext, InferError> {
             match r {
-                Ref::Input => input.clone(),
-                Ref::Step(j) => values[j].clone().expect("value kept until its last use"),
+                Ref::Input => Ok(input),
+                Ref::Step(j) => values[j].as_ref().ok_or_else(|| InferError::Ckks {
+                    step: st.name.clone(),
+                    source: CkksError::Layout(format!("value of step {j} was freed early")),
+                }),
             }
         };
         let wrap = |source: CkksError| InferError::Ckks {
@@ -85,46 +89,41 @@ pub fn evaluate(
             source,
         };
         let (out, kind) = match &st.kind {
-            StepKind::Linear { input: r, lin } => {
-                let x = get(*r, &values);
-                (
-                    lin.apply(ev, keys, &x, &mut counts).map_err(wrap)?,
-                    "linear",
-                )
-            }
+            StepKind::Linear { input: r, lin } => (
+                lin.apply(ev, keys, get(*r)?, &mut counts).map_err(wrap)?,
+                "linear",
+            ),
             StepKind::LinearSum { terms } => {
-                let xs: Vec<Ciphertext> = terms.iter().map(|(r, _)| get(*r, &values)).collect();
-                let pairs: Vec<_> = terms.iter().map(|(_, l)| l).zip(&xs).collect();
+                let mut pairs = Vec::with_capacity(terms.len());
+                for (r, l) in terms {
+                    pairs.push((l, get(*r)?));
+                }
                 (
                     apply_sum(ev, keys, &pairs, &mut counts).map_err(wrap)?,
                     "linear+add",
                 )
             }
             StepKind::Activation { input: r, beta } => {
-                let x = get(*r, &values);
-                let pt =
-                    encode_tensor(&ctx, &st.value.layout, beta, x.level, x.scale).map_err(wrap)?;
-                let v = ev.add_plain(&x, &pt).map_err(wrap)?;
+                let x = get(*r)?;
+                let pt = encode_tensor(&ctx, &st.value.layout, beta, x.level(), x.scale())
+                    .map_err(wrap)?;
+                let v = ev.add_plain(x, &pt).map_err(wrap)?;
                 counts.ct_mults += 1;
                 (ev.square_relin(&v, keys).map_err(wrap)?, "square")
             }
             StepKind::Add { inputs } => {
-                let a = get(inputs[0], &values);
-                let b = get(inputs[1], &values);
-                let b = if b.level > a.level {
-                    ev.drop_level(&b, a.level).map_err(wrap)?
+                let (a, b) = (get(inputs[0])?, get(inputs[1])?);
+                let (deep, shallow) = if a.level() <= b.level() {
+                    (a, b)
                 } else {
-                    b
+                    (b, a)
                 };
-                let a = if a.level > b.level {
-                    ev.drop_level(&a, b.level).map_err(wrap)?
-                } else {
-                    a
-                };
-                (ev.add(&a, &b).map_err(wrap)?, "add")
+                let mut sum = ev.drop_level(shallow, deep.level()).map_err(wrap)?;
+                ev.add_assign(&mut sum, deep).map_err(wrap)?;
+                (sum, "add")
             }
             StepKind::Pool { input: r, amounts } => {
-                let mut acc = get(*r, &values);
+                let mut acc = get(*r)?.clone();
                 for &a in amounts {
                     let rot = ev.rotate(&acc, a as i64, keys).map_err(wrap)?;
                     counts.rotations += 1;
@@ -137,8 +136,8 @@ pub fn evaluate(
             name: st.name.clone(),
             kind,
             time: t0.elapsed(),
-            level: out.level,
-            log_scale: out.scale.log2(),
+            level: out.level(),
+            log_scale: out.scale().log2(),
             counts,
         });
         progress(i + 1, n, &out);
@@ -151,24 +150,25 @@ pub fn evaluate(
             }
         }
     }
-    let out = values[plan.output_step]
+    let mut out = values[plan.output_step]
         .take()
-        .expect("the output step was evaluated");
+        .ok_or_else(|| InferError::Ckks {
+            step: "output".into(),
+            source: CkksError::Layout("the output step was not evaluated".into()),
+        })?;
+    let output_offset = |source| InferError::Ckks {
+        step: "output offset".into(),
+        source,
+    };
     let pt = encode_tensor(
         &ctx,
         plan.output_layout(),
         &plan.output_offset,
-        out.level,
-        out.scale,
+        out.level(),
+        out.scale(),
     )
-    .map_err(|source| InferError::Ckks {
-        step: "output offset".into(),
-        source,
-    })?;
-    let out = ev.add_plain(&out, &pt).map_err(|source| InferError::Ckks {
-        step: "output offset".into(),
-        source,
-    })?;
+    .map_err(output_offset)?;
+    ev.add_plain_assign(&mut out, &pt).map_err(output_offset)?;
     Ok((out, reports))
 }
 

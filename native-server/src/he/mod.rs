@@ -1,22 +1,31 @@
-//! The homomorphic network: planning (layouts, levels, keys), linear layers on packed ciphertexts,
-//! the server-side evaluation, and the client-side helpers (keys, encryption, decryption) that the
-//! benchmark and the CLI use in place of a browser.
+//! The homomorphic network, one concept per module:
+//!
+//! - [`plan`]: from a model and a parameter set to the layout, level and scale of every value and
+//!   the evaluation keys (the contract both sides follow);
+//! - [`operator`]: a linear layer's weights, as terms of output elements;
+//! - [`bsgs`]: the baby-step / giant-step plan of one linear layer;
+//! - [`diagonal`]: its pre-rotated, run-compressed diagonals;
+//! - [`linear`]: evaluating planned linear layers on ciphertexts;
+//! - [`infer`]: the server-side evaluation of a whole plan (no secret key);
 
-pub mod client;
+pub mod bsgs;
+pub mod diagonal;
 pub mod infer;
 pub mod linear;
+pub mod operator;
 pub mod plan;
 
-#[cfg(test)]
-mod tests {
+#[cfg(all(test, feature = "client"))]
+pub(crate) mod tests {
     use std::sync::Arc;
 
-    use blindsight_core::{decrypt, Context, Evaluator, SecretKey};
+    use blindsight_client::Client;
+    use blindsight_core::{Context, Evaluator};
     use serde_json::{json, Value};
 
-    use super::client::{decrypt_logits, encrypt_input, evaluation_keys};
     use super::infer::evaluate;
     use super::plan::{Plan, PlanError};
+    use crate::contract::client_contract;
     use crate::model::tests::{load, Tensors};
     use crate::model::Model;
     use crate::plain;
@@ -51,7 +60,7 @@ mod tests {
     }
 
     /// Deterministic pseudo-random weights in [-amp, amp].
-    fn weights(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    pub(crate) fn weights(n: usize, seed: u64, amp: f32) -> Vec<f32> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {
@@ -65,7 +74,7 @@ mod tests {
 
     /// A small CIFAR-shaped ResNet: 3x8x8 input, conv 3->4, then either an identity block or a
     /// downsampling block (stride-2 conv 4->8 with a 1x1 stride-2 shortcut), pool, linear 8->3.
-    fn mini_resnet(downsample: bool) -> Model {
+    pub(crate) fn mini_resnet(downsample: bool) -> Model {
         let (c2, stride) = if downsample { (8, 2) } else { (4, 1) };
         let mut nodes = vec![
             conv("conv1", "input", 3, 4, 3, 1),
@@ -126,14 +135,14 @@ mod tests {
     /// the logits against the plaintext logits.
     fn check_against_plaintext(model: &Model, ctx: &Arc<Context>, tolerance: f64) {
         let plan = Plan::new(model, ctx).unwrap();
-        let sk = SecretKey::generate(ctx);
-        let keys = evaluation_keys(ctx, &sk, &plan).unwrap();
+        let client = Client::new(client_contract(model, &plan, ctx).unwrap()).unwrap();
+        let keys = client.evaluation_keys().unwrap();
         let input: Vec<f64> = weights(model.input_shape().size(), 77, 1.8)
             .into_iter()
             .map(f64::from)
             .collect();
         let reference = plain::forward_all(model, &input).unwrap();
-        let ct = encrypt_input(ctx, &sk, &plan, &input).unwrap();
+        let ct = client.encrypt_tensor(&input).unwrap();
         let ev = Evaluator::new(ctx);
         let mut worst = Vec::new();
         let (out, _) = evaluate(&plan, &ev, &keys, &ct, |i, _, value| {
@@ -141,13 +150,7 @@ mod tests {
             if step.name.ends_with(".shortcut") {
                 return;
             }
-            let slots: Vec<f64> = decrypt(ctx, value, &sk)
-                .unwrap()
-                .decode(ctx)
-                .unwrap()
-                .iter()
-                .map(|c| c.re)
-                .collect();
+            let slots = client.decrypt_slots(value).unwrap();
             let got = step.value.layout.extract(&slots).unwrap();
             let want = &reference[step.node];
             assert_eq!(got.len(), want.len(), "{}", step.name);
@@ -163,7 +166,7 @@ mod tests {
         for (name, err) in &worst {
             assert!(*err < tolerance, "{name}: error {err:.3e} (all: {worst:?})");
         }
-        let logits = decrypt_logits(ctx, &sk, &plan, &out).unwrap();
+        let logits = client.decrypt_logits(&out).unwrap();
         let want = &reference[model.output()];
         for (g, w) in logits.iter().zip(want) {
             assert!((g - w).abs() < tolerance, "logits {logits:?} vs {want:?}");
@@ -190,7 +193,7 @@ mod tests {
 
     #[test]
     fn residual_sums_of_linear_layers_share_one_chain() {
-        use super::linear::sum_rotation_count;
+        use super::bsgs::sum_rotation_count;
         use super::plan::StepKind;
         let ctx = Context::named("N14_TEST").unwrap();
         for downsample in [false, true] {

@@ -13,10 +13,11 @@
 use std::collections::BTreeMap;
 
 use blindsight_core::layout::{LayoutError, SlotLayout};
-use blindsight_core::Context;
+use blindsight_core::{scales_equal, Context};
 use rayon::prelude::*;
 
-use crate::he::linear::{LinearPlan, Operator};
+use crate::he::bsgs::LinearPlan;
+use crate::he::operator::Operator;
 use crate::model::{Model, Op, Shape, Source};
 
 /// Why a model cannot be evaluated homomorphically with a parameter set.
@@ -223,21 +224,7 @@ impl Plan {
     /// one ciphertext, or is deeper than the set's levels.
     pub fn new(model: &Model, ctx: &Context) -> Result<Self, PlanError> {
         let params = ctx.params();
-        let nodes = model.nodes();
-        // depth (levels consumed) of every node
-        let mut depth = vec![0usize; nodes.len()];
-        let d = |s: &Source, depth: &[usize]| match *s {
-            Source::Input => 0,
-            Source::Node(j) => depth[j],
-        };
-        for (i, node) in nodes.iter().enumerate() {
-            depth[i] = match &node.op {
-                Op::Conv2d(_) | Op::Linear(_) => d(&node.inputs[0], &depth) + 1,
-                Op::Add => node.inputs.iter().map(|s| d(s, &depth)).max().unwrap_or(0),
-                _ => d(&node.inputs[0], &depth),
-            };
-        }
-        let total = depth[model.output()];
+        let total = depth(model);
         if total > params.max_level() {
             return Err(PlanError::TooDeep {
                 depth: total,
@@ -246,279 +233,33 @@ impl Plan {
             });
         }
         let delta = params.default_scale();
-        let input_level = total;
-        let input_scale = delta * delta;
-        let shape = model.input_shape();
         let Shape::Map {
             channels,
             height,
             width,
-        } = shape
+        } = model.input_shape()
         else {
             return Err(PlanError::Output("a vector input".into()));
         };
         let input = SlotLayout::dense(channels, height, width, params.slots())
             .map_err(|e| PlanError::layout("input", e))?;
-        let input_value = ValueInfo {
-            layout: input.clone(),
-            level: input_level,
-            scale: input_scale,
-            mult: 1.0,
-            offset: vec![0.0; input.len()],
-        };
-        // consumers, to re-plan a linear layer whose only reader is an Add
-        let mut readers = vec![0usize; nodes.len()];
-        for node in nodes {
-            for s in &node.inputs {
-                if let Source::Node(j) = *s {
-                    readers[j] += 1;
-                }
-            }
+        let (input_level, input_scale) = (total, delta * delta);
+        let mut planner = Planner::new(
+            model,
+            delta,
+            ValueInfo {
+                layout: input.clone(),
+                level: input_level,
+                scale: input_scale,
+                mult: 1.0,
+                offset: vec![0.0; input.len()],
+            },
+        );
+        for i in 0..model.nodes().len() {
+            planner.node(i)?;
         }
-        let mut steps: Vec<Step> = Vec::with_capacity(nodes.len());
-        let mut step_of = vec![usize::MAX; nodes.len()];
-        for (i, node) in nodes.iter().enumerate() {
-            let to_ref = |s: &Source| match *s {
-                Source::Input => Ref::Input,
-                Source::Node(j) => Ref::Step(step_of[j]),
-            };
-            let value_of = |s: &Source, steps: &[Step]| match *s {
-                Source::Input => input_value.clone(),
-                Source::Node(j) => steps[step_of[j]].value.clone(),
-            };
-            let src = to_ref(&node.inputs[0]);
-            let name = node.name.clone();
-            let step = match &node.op {
-                Op::Conv2d(c) => {
-                    let v = value_of(&node.inputs[0], &steps);
-                    let raw = v
-                        .layout
-                        .derive(
-                            c.out_channels,
-                            c.out_height,
-                            c.out_width,
-                            v.layout.gap * c.stride,
-                        )
-                        .map_err(|e| PlanError::layout(&name, e))?;
-                    linear_step(model, i, name, src, Operator::Conv(i), &v, raw, delta)
-                }
-                Op::Linear(l) => {
-                    let v = value_of(&node.inputs[0], &steps);
-                    let raw = v
-                        .layout
-                        .derive(l.out_features, 1, 1, v.layout.gap)
-                        .map_err(|e| PlanError::layout(&name, e))?;
-                    linear_step(model, i, name, src, Operator::Dense(i), &v, raw, delta)
-                }
-                Op::Quadratic { a, b, c } => {
-                    let v = value_of(&node.inputs[0], &steps);
-                    if *a == 0.0 {
-                        return Err(PlanError::Unsupported {
-                            node: name,
-                            op: "a quadratic with a = 0".into(),
-                        });
-                    }
-                    let m = v.mult;
-                    let beta = v.offset.iter().map(|o| o / m + b / (2.0 * a * m)).collect();
-                    let constant = c - b * b / (4.0 * a);
-                    Step {
-                        node: i,
-                        name,
-                        kind: StepKind::Activation { input: src, beta },
-                        value: ValueInfo {
-                            layout: v.layout.clone(),
-                            level: v.level,
-                            scale: v.scale * v.scale,
-                            mult: a * m * m,
-                            offset: vec![constant; v.offset.len()],
-                        },
-                    }
-                }
-                Op::Relu => {
-                    return Err(PlanError::Unsupported {
-                        node: name,
-                        op: "ReLU".into(),
-                    })
-                }
-                Op::GlobalAvgPool => {
-                    let v = value_of(&node.inputs[0], &steps);
-                    let l = &v.layout;
-                    if !(l.height.is_power_of_two() && l.width.is_power_of_two()) {
-                        return Err(PlanError::Layout {
-                            node: name,
-                            detail: format!(
-                                "pooling a {}x{} map needs power-of-two sides",
-                                l.height, l.width
-                            ),
-                        });
-                    }
-                    let mut amounts = Vec::new();
-                    let mut s = 1;
-                    while s < l.width {
-                        amounts.push(s * l.gap);
-                        s *= 2;
-                    }
-                    let mut s = 1;
-                    while s < l.height {
-                        amounts.push(s * l.gap * l.row);
-                        s *= 2;
-                    }
-                    let plane = l.height * l.width;
-                    let layout = SlotLayout {
-                        height: 1,
-                        width: 1,
-                        ..l.clone()
-                    }
-                    .validated()
-                    .map_err(|e| PlanError::layout(&name, e))?;
-                    let offset = v
-                        .offset
-                        .chunks(plane)
-                        .map(|ch| ch.iter().sum::<f64>() / plane as f64)
-                        .collect();
-                    Step {
-                        node: i,
-                        name,
-                        kind: StepKind::Pool {
-                            input: src,
-                            amounts,
-                        },
-                        value: ValueInfo {
-                            layout,
-                            level: v.level,
-                            scale: v.scale,
-                            mult: v.mult / plane as f64,
-                            offset,
-                        },
-                    }
-                }
-                Op::Add => {
-                    let (na, nb) = (node.inputs[0], node.inputs[1]);
-                    let (va, vb) = (value_of(&na, &steps), value_of(&nb, &steps));
-                    let (sa, sb) = (to_ref(&na), to_ref(&nb));
-                    // the deeper input fixes level, scale, layout and multiplier; the other follows
-                    let (deep, shallow_src, shallow) = if va.level <= vb.level {
-                        (va, nb, vb)
-                    } else {
-                        (vb, na, va)
-                    };
-                    let compatible = shallow.layout == deep.layout
-                        && (shallow.scale / deep.scale - 1.0).abs() < 1e-9
-                        && (shallow.mult / deep.mult - 1.0).abs() < 1e-12;
-                    let mut new_shallow = None;
-                    if !compatible {
-                        if shallow.level <= deep.level {
-                            return Err(PlanError::Layout {
-                                node: name,
-                                detail: "both inputs at the same level but in different layouts"
-                                    .into(),
-                            });
-                        }
-                        let replan = match shallow_src {
-                            Source::Node(j) if readers[j] == 1 => {
-                                matches!(steps[step_of[j]].kind, StepKind::Linear { .. })
-                            }
-                            _ => false,
-                        };
-                        if replan {
-                            // the layer feeding only this sum writes straight into its layout
-                            let Source::Node(j) = shallow_src else {
-                                unreachable!()
-                            };
-                            let st = &mut steps[step_of[j]];
-                            let StepKind::Linear { lin, .. } = &mut st.kind else {
-                                unreachable!()
-                            };
-                            **lin = LinearPlan::new(
-                                model,
-                                lin.op.clone(),
-                                lin.mult,
-                                lin.input.clone(),
-                                deep.layout.clone(),
-                                false,
-                                deep.level + 1,
-                                deep.scale,
-                            );
-                            st.value.layout = deep.layout.clone();
-                            st.value.level = deep.level;
-                            st.value.scale = deep.scale;
-                            if (st.value.mult / deep.mult - 1.0).abs() > 1e-12 {
-                                return Err(PlanError::Layout {
-                                    node: name,
-                                    detail: "inputs with different multipliers".into(),
-                                });
-                            }
-                        } else {
-                            // an identity layer moves the shallow input (one level spare)
-                            let lin = LinearPlan::new(
-                                model,
-                                Operator::Identity,
-                                shallow.mult / deep.mult,
-                                shallow.layout.clone(),
-                                deep.layout.clone(),
-                                false,
-                                deep.level + 1,
-                                deep.scale,
-                            );
-                            new_shallow = Some(lin);
-                        }
-                    }
-                    let offset = deep
-                        .offset
-                        .iter()
-                        .zip(&shallow.offset)
-                        .map(|(x, y)| x + y)
-                        .collect();
-                    let value = ValueInfo {
-                        layout: deep.layout.clone(),
-                        level: deep.level,
-                        scale: deep.scale,
-                        mult: deep.mult,
-                        offset,
-                    };
-                    match new_shallow {
-                        None => Step {
-                            node: i,
-                            name,
-                            kind: StepKind::Add { inputs: [sa, sb] },
-                            value,
-                        },
-                        Some(lin) => {
-                            // the identity is its own step, feeding the sum
-                            let moved = ValueInfo {
-                                layout: deep.layout.clone(),
-                                level: deep.level,
-                                scale: deep.scale,
-                                mult: deep.mult,
-                                offset: shallow.offset.clone(),
-                            };
-                            steps.push(Step {
-                                node: i,
-                                name: format!("{name}.shortcut"),
-                                kind: StepKind::Linear {
-                                    input: to_ref(&shallow_src),
-                                    lin: Box::new(lin),
-                                },
-                                value: moved,
-                            });
-                            let moved_src = Ref::Step(steps.len() - 1);
-                            let other = if shallow_src == na { sb } else { sa };
-                            Step {
-                                node: i,
-                                name,
-                                kind: StepKind::Add {
-                                    inputs: [other, moved_src],
-                                },
-                                value,
-                            }
-                        }
-                    }
-                }
-            };
-            step_of[i] = steps.len();
-            steps.push(step);
-        }
-        let mut output_step = step_of[model.output()];
+        let mut steps = planner.steps;
+        let mut output_step = planner.step_of[model.output()];
         fuse_linear_sums(&mut steps, &mut output_step);
         steps.par_iter_mut().for_each(|st| match &mut st.kind {
             StepKind::Linear { lin, .. } => lin.build_diagonals(model),
@@ -535,31 +276,7 @@ impl Plan {
             )));
         }
         let output_offset = out.offset.clone();
-        let mut rotations = BTreeMap::new();
-        let mut relin_level = None;
-        for st in &steps {
-            let mut note = |amount: usize, level: usize| {
-                let e = rotations.entry(amount).or_insert(level);
-                *e = (*e).max(level);
-            };
-            for lin in st.kind.linear_plans() {
-                for a in lin.rotation_amounts() {
-                    note(a, lin.level);
-                }
-            }
-            match &st.kind {
-                StepKind::Linear { .. } | StepKind::LinearSum { .. } => {}
-                StepKind::Pool { amounts, .. } => {
-                    for &a in amounts {
-                        note(a, st.value.level);
-                    }
-                }
-                StepKind::Activation { .. } => {
-                    relin_level = relin_level.max(Some(st.value.level));
-                }
-                StepKind::Add { .. } => {}
-            }
-        }
+        let (rotations, relin_level) = keys_needed(&steps);
         Ok(Self {
             params: params.name().to_string(),
             input,
@@ -574,42 +291,388 @@ impl Plan {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn linear_step(
-    model: &Model,
-    node: usize,
-    name: String,
-    input: Ref,
-    op: Operator,
-    v: &ValueInfo,
-    raw: SlotLayout,
+/// Levels consumed up to the model's output: one per linear layer on the longest path.
+fn depth(model: &Model) -> usize {
+    let nodes = model.nodes();
+    let mut depth = vec![0usize; nodes.len()];
+    let d = |s: &Source, depth: &[usize]| match *s {
+        Source::Input => 0,
+        Source::Node(j) => depth[j],
+    };
+    for (i, node) in nodes.iter().enumerate() {
+        depth[i] = match &node.op {
+            Op::Conv2d(_) | Op::Linear(_) => d(&node.inputs[0], &depth) + 1,
+            Op::Add => node.inputs.iter().map(|s| d(s, &depth)).max().unwrap_or(0),
+            _ => d(&node.inputs[0], &depth),
+        };
+    }
+    depth[model.output()]
+}
+
+/// The rotation amounts with the highest level each is used at, and the highest level of a
+/// relinearization: the evaluation keys the client must make.
+fn keys_needed(steps: &[Step]) -> (BTreeMap<usize, usize>, Option<usize>) {
+    let mut rotations = BTreeMap::new();
+    let mut relin_level = None;
+    let mut note = |amount: usize, level: usize| {
+        let e = rotations.entry(amount).or_insert(level);
+        *e = (*e).max(level);
+    };
+    for st in steps {
+        for lin in st.kind.linear_plans() {
+            for a in lin.rotation_amounts() {
+                note(a, lin.level);
+            }
+        }
+        match &st.kind {
+            StepKind::Pool { amounts, .. } => {
+                for &a in amounts {
+                    note(a, st.value.level);
+                }
+            }
+            StepKind::Activation { .. } => {
+                relin_level = relin_level.max(Some(st.value.level));
+            }
+            StepKind::Linear { .. } | StepKind::LinearSum { .. } | StepKind::Add { .. } => {}
+        }
+    }
+    (rotations, relin_level)
+}
+
+/// The planner's state while it walks the model's nodes in order: the steps so far, the step of
+/// each node, and how many nodes read each node.
+struct Planner<'a> {
+    model: &'a Model,
     delta: f64,
-) -> Step {
-    let outputs = raw.len();
-    let lin = LinearPlan::new(
-        model,
-        op.clone(),
-        v.mult,
-        v.layout.clone(),
-        raw,
-        true,
-        v.level,
-        delta,
-    );
-    let offset = op.apply_plain(model, &v.offset, outputs);
-    Step {
-        node,
-        name,
-        value: ValueInfo {
-            layout: lin.output.clone(),
-            level: v.level - 1,
-            scale: delta,
-            mult: 1.0,
-            offset,
-        },
-        kind: StepKind::Linear {
+    input: ValueInfo,
+    steps: Vec<Step>,
+    step_of: Vec<usize>,
+    readers: Vec<usize>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(model: &'a Model, delta: f64, input: ValueInfo) -> Self {
+        let nodes = model.nodes();
+        let mut readers = vec![0usize; nodes.len()];
+        for node in nodes {
+            for s in &node.inputs {
+                if let Source::Node(j) = *s {
+                    readers[j] += 1;
+                }
+            }
+        }
+        Self {
+            model,
+            delta,
             input,
-            lin: Box::new(lin),
-        },
+            steps: Vec::with_capacity(nodes.len()),
+            step_of: vec![usize::MAX; nodes.len()],
+            readers,
+        }
+    }
+
+    fn to_ref(&self, s: Source) -> Ref {
+        match s {
+            Source::Input => Ref::Input,
+            Source::Node(j) => Ref::Step(self.step_of[j]),
+        }
+    }
+
+    fn value_of(&self, s: Source) -> &ValueInfo {
+        match s {
+            Source::Input => &self.input,
+            Source::Node(j) => &self.steps[self.step_of[j]].value,
+        }
+    }
+
+    /// Plans node `i` (its inputs are planned) and records its step.
+    fn node(&mut self, i: usize) -> Result<(), PlanError> {
+        let node = &self.model.nodes()[i];
+        let name = node.name.clone();
+        let src = node.inputs[0];
+        let step = match &node.op {
+            Op::Conv2d(c) => {
+                let v = self.value_of(src);
+                let raw = v
+                    .layout
+                    .derive(
+                        c.out_channels,
+                        c.out_height,
+                        c.out_width,
+                        v.layout.gap() * c.stride,
+                    )
+                    .map_err(|e| PlanError::layout(&name, e))?;
+                self.linear(i, name, src, Operator::Conv(i), raw)
+            }
+            Op::Linear(l) => {
+                let v = self.value_of(src);
+                let raw = v
+                    .layout
+                    .derive(l.out_features, 1, 1, v.layout.gap())
+                    .map_err(|e| PlanError::layout(&name, e))?;
+                self.linear(i, name, src, Operator::Dense(i), raw)
+            }
+            &Op::Quadratic { a, b, c } => self.activation(i, name, src, a, b, c)?,
+            Op::Relu => {
+                return Err(PlanError::Unsupported {
+                    node: name,
+                    op: "ReLU".into(),
+                })
+            }
+            Op::GlobalAvgPool => self.pool(i, name, src)?,
+            Op::Add => self.add(i, name, node.inputs[0], node.inputs[1])?,
+        };
+        self.step_of[i] = self.steps.len();
+        self.steps.push(step);
+        Ok(())
+    }
+
+    /// A convolution or dense layer reading `src`, writing near `raw` (shifted to keep its
+    /// rotation amounts small), output at exactly Delta one level down.
+    fn linear(
+        &self,
+        node: usize,
+        name: String,
+        src: Source,
+        op: Operator,
+        raw: SlotLayout,
+    ) -> Step {
+        let v = self.value_of(src);
+        let outputs = raw.len();
+        let lin = LinearPlan::new(
+            self.model,
+            op.clone(),
+            v.mult,
+            v.layout.clone(),
+            raw,
+            true,
+            v.level,
+            self.delta,
+        );
+        let offset = op.apply_plain(self.model, &v.offset, outputs);
+        Step {
+            node,
+            name,
+            value: ValueInfo {
+                layout: lin.output.clone(),
+                level: v.level - 1,
+                scale: self.delta,
+                mult: 1.0,
+                offset,
+            },
+            kind: StepKind::Linear {
+                input: self.to_ref(src),
+                lin: Box::new(lin),
+            },
+        }
+    }
+
+    /// `a*x^2 + b*x + c` as `a*(x + b/2a)^2 + (c - b^2/4a)`: one square, `a` and the constant
+    /// carried into the next linear layer.
+    fn activation(
+        &self,
+        node: usize,
+        name: String,
+        src: Source,
+        a: f64,
+        b: f64,
+        c: f64,
+    ) -> Result<Step, PlanError> {
+        if a == 0.0 {
+            return Err(PlanError::Unsupported {
+                node: name,
+                op: "a quadratic with a = 0".into(),
+            });
+        }
+        let v = self.value_of(src);
+        let m = v.mult;
+        let beta = v.offset.iter().map(|o| o / m + b / (2.0 * a * m)).collect();
+        let constant = c - b * b / (4.0 * a);
+        Ok(Step {
+            node,
+            name,
+            kind: StepKind::Activation {
+                input: self.to_ref(src),
+                beta,
+            },
+            value: ValueInfo {
+                layout: v.layout.clone(),
+                level: v.level,
+                scale: v.scale * v.scale,
+                mult: a * m * m,
+                offset: vec![constant; v.offset.len()],
+            },
+        })
+    }
+
+    /// Sum over each channel's map by log2(H) + log2(W) rotations; the 1/HW rides in `mult`.
+    fn pool(&self, node: usize, name: String, src: Source) -> Result<Step, PlanError> {
+        let v = self.value_of(src);
+        let l = &v.layout;
+        if !(l.height().is_power_of_two() && l.width().is_power_of_two()) {
+            return Err(PlanError::Layout {
+                node: name,
+                detail: format!(
+                    "pooling a {}x{} map needs power-of-two sides",
+                    l.height(),
+                    l.width()
+                ),
+            });
+        }
+        let mut amounts = Vec::new();
+        let mut s = 1;
+        while s < l.width() {
+            amounts.push(s * l.gap());
+            s *= 2;
+        }
+        let mut s = 1;
+        while s < l.height() {
+            amounts.push(s * l.gap() * l.row());
+            s *= 2;
+        }
+        let plane = l.height() * l.width();
+        let layout = l.pooled().map_err(|e| PlanError::layout(&name, e))?;
+        let offset = v
+            .offset
+            .chunks(plane)
+            .map(|ch| ch.iter().sum::<f64>() / plane as f64)
+            .collect();
+        Ok(Step {
+            node,
+            name,
+            kind: StepKind::Pool {
+                input: self.to_ref(src),
+                amounts,
+            },
+            value: ValueInfo {
+                layout,
+                level: v.level,
+                scale: v.scale,
+                mult: v.mult / plane as f64,
+                offset,
+            },
+        })
+    }
+
+    /// A residual add. The deeper input fixes level, scale, layout and multiplier; the other
+    /// follows: a linear layer that only this sum reads is re-planned to write straight into the
+    /// deeper layout, anything else is moved by an identity layer of its own (one level spare).
+    fn add(
+        &mut self,
+        node: usize,
+        name: String,
+        na: Source,
+        nb: Source,
+    ) -> Result<Step, PlanError> {
+        let (va, vb) = (self.value_of(na), self.value_of(nb));
+        let (deep, shallow_src, shallow) = if va.level <= vb.level {
+            (va.clone(), nb, vb.clone())
+        } else {
+            (vb.clone(), na, va.clone())
+        };
+        let deep_src = if shallow_src == nb { na } else { nb };
+        let compatible = shallow.layout == deep.layout
+            && scales_equal(shallow.scale, deep.scale)
+            && (shallow.mult / deep.mult - 1.0).abs() < 1e-12;
+        let mut inputs = [self.to_ref(na), self.to_ref(nb)];
+        if !compatible {
+            if shallow.level <= deep.level {
+                return Err(PlanError::Layout {
+                    node: name,
+                    detail: "both inputs at the same level but in different layouts".into(),
+                });
+            }
+            match self.sole_linear_reader(shallow_src) {
+                Some(step) => self.retarget(step, &deep, &name)?,
+                None => {
+                    let moved = self.identity_move(node, &name, shallow_src, &shallow, &deep);
+                    self.steps.push(moved);
+                    inputs = [self.to_ref(deep_src), Ref::Step(self.steps.len() - 1)];
+                }
+            }
+        }
+        let offset = deep
+            .offset
+            .iter()
+            .zip(&shallow.offset)
+            .map(|(x, y)| x + y)
+            .collect();
+        Ok(Step {
+            node,
+            name,
+            kind: StepKind::Add { inputs },
+            value: ValueInfo { offset, ..deep },
+        })
+    }
+
+    /// The step of `src` if it is a linear layer that nothing but the current node reads.
+    fn sole_linear_reader(&self, src: Source) -> Option<usize> {
+        let Source::Node(j) = src else {
+            return None;
+        };
+        let step = self.step_of[j];
+        let linear = matches!(self.steps[step].kind, StepKind::Linear { .. });
+        (self.readers[j] == 1 && linear).then_some(step)
+    }
+
+    /// Re-plans linear step `step` to write into `target`'s layout, level and scale.
+    fn retarget(&mut self, step: usize, target: &ValueInfo, name: &str) -> Result<(), PlanError> {
+        let model = self.model;
+        let st = &mut self.steps[step];
+        if (st.value.mult / target.mult - 1.0).abs() > 1e-12 {
+            return Err(PlanError::Layout {
+                node: name.to_string(),
+                detail: "inputs with different multipliers".into(),
+            });
+        }
+        if let StepKind::Linear { lin, .. } = &mut st.kind {
+            **lin = LinearPlan::new(
+                model,
+                lin.op.clone(),
+                lin.mult,
+                lin.input.clone(),
+                target.layout.clone(),
+                false,
+                target.level + 1,
+                target.scale,
+            );
+        }
+        st.value.layout = target.layout.clone();
+        st.value.level = target.level;
+        st.value.scale = target.scale;
+        Ok(())
+    }
+
+    /// An identity layer moving `from` (read at `src`) into `to`'s layout, level and multiplier.
+    fn identity_move(
+        &self,
+        node: usize,
+        name: &str,
+        src: Source,
+        from: &ValueInfo,
+        to: &ValueInfo,
+    ) -> Step {
+        let lin = LinearPlan::new(
+            self.model,
+            Operator::Identity,
+            from.mult / to.mult,
+            from.layout.clone(),
+            to.layout.clone(),
+            false,
+            to.level + 1,
+            to.scale,
+        );
+        Step {
+            node,
+            name: format!("{name}.shortcut"),
+            kind: StepKind::Linear {
+                input: self.to_ref(src),
+                lin: Box::new(lin),
+            },
+            value: ValueInfo {
+                offset: from.offset.clone(),
+                ..to.clone()
+            },
+        }
     }
 }

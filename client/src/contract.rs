@@ -1,0 +1,221 @@
+//! The client contract: everything a client needs to make keys for a server, encrypt an image for
+//! it and read its answer, computed by the server from its evaluation plan and served as JSON
+//! (`GET /api/contract`). A client needs nothing else; the server checks every upload against it.
+//!
+//! The parameter fingerprint pins the exact primes (keys for other parameters are refused on both
+//! sides), and the plan hash changes whenever anything the client derives from the plan changes,
+//! so a stored session is never reused against a different plan.
+
+use blindsight_core::layout::SlotLayout;
+use blindsight_core::{Context, KeyKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ClientError;
+use crate::hex;
+
+/// The contract format this code reads and writes.
+pub const CONTRACT_VERSION: u32 = 1;
+
+/// Largest contract accepted from the network (a ResNet-20 contract is a few KB).
+pub const MAX_CONTRACT_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientContract {
+    pub version: u32,
+    pub params: ParamsSpec,
+    /// The model's name (for display).
+    pub model: String,
+    pub image: ImageSpec,
+    pub input: InputSpec,
+    /// The evaluation keys to make, in upload order; `keys[k].index == k`.
+    pub keys: Vec<KeySpec>,
+    pub output: OutputSpec,
+    /// Class names, in logit order.
+    pub classes: Vec<String>,
+    /// SHA-256 of the server's plan (hex).
+    pub plan_hash: String,
+}
+
+/// The CKKS parameter set, by name and by the fingerprint of its exact primes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamsSpec {
+    pub name: String,
+    /// SHA-256 of the parameter set (hex): primes, ring degree, digits.
+    pub fingerprint: String,
+    pub ring_degree: usize,
+    pub slots: usize,
+}
+
+/// The model's input image and its normalization `(x / 255 - mean) / std` per channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+/// Where the normalized image goes in the slots, at which level and scale it is encrypted, and
+/// the size of the uploaded (seeded) ciphertext.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub layout: SlotLayout,
+    pub level: usize,
+    pub scale: f64,
+    pub bytes: usize,
+}
+
+/// Where the logits are in the decrypted result, its level and its size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputSpec {
+    pub layout: SlotLayout,
+    pub level: usize,
+    pub bytes: usize,
+}
+
+/// What an evaluation key switches to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum KeyPurpose {
+    /// Relinearization (`s^2 -> s`).
+    Relin,
+    /// A left rotation of the slots by `amount` (Galois element `5^amount mod 2N`).
+    Rotation { amount: i64, galois_element: u64 },
+}
+
+/// One evaluation key: what it is, the highest level it serves (it is made there), its size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeySpec {
+    pub index: usize,
+    #[serde(flatten)]
+    pub purpose: KeyPurpose,
+    pub level: usize,
+    pub bytes: usize,
+}
+
+impl KeySpec {
+    /// The core's name for the key's kind.
+    pub fn kind(&self) -> KeyKind {
+        match self.purpose {
+            KeyPurpose::Relin => KeyKind::Relin,
+            KeyPurpose::Rotation { galois_element, .. } => KeyKind::Galois(galois_element),
+        }
+    }
+}
+
+impl ClientContract {
+    /// Reads a contract from JSON, refusing oversized input, other versions and inconsistent
+    /// contents (see [`ClientContract::context`]).
+    pub fn from_json(json: &[u8]) -> Result<Self, ClientError> {
+        if json.len() > MAX_CONTRACT_BYTES {
+            return Err(ClientError::Contract(format!(
+                "{} bytes, at most {MAX_CONTRACT_BYTES} accepted",
+                json.len()
+            )));
+        }
+        let c: Self =
+            serde_json::from_slice(json).map_err(|e| ClientError::Contract(e.to_string()))?;
+        if c.version != CONTRACT_VERSION {
+            return Err(ClientError::Version {
+                expected: CONTRACT_VERSION,
+                found: c.version,
+            });
+        }
+        Ok(c)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a contract is plain data")
+    }
+
+    /// The CKKS context of the contract's parameter set, after checking everything a client
+    /// relies on against it: the fingerprint, the layouts' slot count, the key list (indices,
+    /// levels, Galois elements, sizes) and the image shape.
+    pub fn context(&self) -> Result<std::sync::Arc<Context>, ClientError> {
+        if self.version != CONTRACT_VERSION {
+            return Err(ClientError::Version {
+                expected: CONTRACT_VERSION,
+                found: self.version,
+            });
+        }
+        let ctx = Context::named(&self.params.name)?;
+        if hex(ctx.fingerprint()) != self.params.fingerprint {
+            return Err(ClientError::Fingerprint(self.params.name.clone()));
+        }
+        let bad = |m: String| Err(ClientError::Contract(m));
+        let slots = ctx.params().slots();
+        for (what, layout) in [
+            ("input", &self.input.layout),
+            ("output", &self.output.layout),
+        ] {
+            if layout.slots() != slots {
+                return bad(format!(
+                    "the {what} layout has {} slots, not {slots}",
+                    layout.slots()
+                ));
+            }
+        }
+        let img = &self.image;
+        if img.channels * img.height * img.width != self.input.layout.len()
+            || img.mean.len() != img.channels
+            || img.std.len() != img.channels
+        {
+            return bad("the image shape does not match the input layout".into());
+        }
+        if self.output.layout.len() != self.classes.len() {
+            return bad(format!(
+                "{} classes for {} logits",
+                self.classes.len(),
+                self.output.layout.len()
+            ));
+        }
+        let wire = |r: Result<usize, blindsight_core::CkksError>| r.map_err(ClientError::from);
+        if self.input.bytes
+            != wire(blindsight_core::wire::ciphertext_size(
+                &ctx,
+                self.input.level,
+                1,
+                true,
+            ))?
+        {
+            return bad("the input size does not match its level".into());
+        }
+        if !(self.input.scale.is_finite() && self.input.scale >= 1.0) {
+            return bad("the input scale must be finite and at least 1".into());
+        }
+        for (k, key) in self.keys.iter().enumerate() {
+            if key.index != k {
+                return bad(format!("key {k} has index {}", key.index));
+            }
+            if key.bytes != wire(blindsight_core::wire::switching_key_size(&ctx, key.level))? {
+                return bad(format!("key {k}: the size does not match its level"));
+            }
+            if let KeyPurpose::Rotation {
+                amount,
+                galois_element,
+            } = key.purpose
+            {
+                if ctx.galois_element(amount) != galois_element {
+                    return bad(format!(
+                        "key {k}: the Galois element is not that of rotation {amount}"
+                    ));
+                }
+            }
+        }
+        Ok(ctx)
+    }
+
+    /// The key of index `k`.
+    pub fn key(&self, k: usize) -> Result<&KeySpec, ClientError> {
+        self.keys.get(k).ok_or(ClientError::KeyIndex {
+            index: k,
+            count: self.keys.len(),
+        })
+    }
+
+    /// Bytes of all evaluation keys together: the upload a new session costs.
+    pub fn key_bytes(&self) -> usize {
+        self.keys.iter().map(|k| k.bytes).sum()
+    }
+}

@@ -1,0 +1,161 @@
+//! `blindsight serve`: the HTTP API (axum) over the homomorphic network. It holds no secret key
+//! and has no decryption path: this module and everything it uses build without the crate's
+//! `client` feature, and `scripts/test.sh` checks that build.
+//!
+//! - `GET /api/contract`: the client contract (JSON);
+//! - `POST /api/sessions`, `GET`/`DELETE /api/sessions/{id}`, `PUT /api/sessions/{id}/keys/{k}`:
+//!   sessions and their evaluation keys, one key per request, each checked against the contract;
+//! - `POST /api/sessions/{id}/jobs`: an encrypted image; `GET /api/jobs/{id}/events`
+//!   (server-sent events) and `GET /api/jobs/{id}/result` (the encrypted logits);
+//! - `GET /api/health`, `GET /metrics` (Prometheus text);
+//! - everything else: the static page from the web directory.
+
+pub mod error;
+pub mod jobs;
+pub mod metrics;
+pub mod routes;
+pub mod sessions;
+#[cfg(all(test, feature = "client"))]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blindsight_client::ClientContract;
+use blindsight_core::Context;
+
+use crate::contract::client_contract;
+use crate::he::plan::Plan;
+use crate::model::Model;
+use jobs::{Engine, JobQueue, QueueConfig};
+use metrics::Metrics;
+use sessions::{SessionStore, StoreConfig};
+
+/// Everything `blindsight serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub params: String,
+    pub data_dir: PathBuf,
+    /// The page's files; `None` serves the API alone.
+    pub web_dir: Option<PathBuf>,
+    pub jobs: usize,
+    pub queue: usize,
+    /// Threads of the evaluation pool (0: one per core).
+    pub threads: usize,
+    pub max_sessions: usize,
+    pub session_ttl: Duration,
+    pub result_ttl: Duration,
+    /// Bytes of evaluation keys kept loaded in memory.
+    pub key_memory: u64,
+    /// How often expired sessions and results are swept.
+    pub sweep_every: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            params: "N16_L39".into(),
+            data_dir: PathBuf::from("blindsight-data"),
+            web_dir: None,
+            jobs: 1,
+            queue: 8,
+            threads: 0,
+            max_sessions: 16,
+            session_ttl: Duration::from_secs(3600),
+            result_ttl: Duration::from_secs(600),
+            key_memory: 2 << 30,
+            sweep_every: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The server's shared state.
+pub struct AppState {
+    pub ctx: Arc<Context>,
+    pub contract: Arc<ClientContract>,
+    pub contract_json: String,
+    pub sessions: Arc<SessionStore>,
+    pub queue: Arc<JobQueue>,
+    pub metrics: Arc<Metrics>,
+    pub config: ServeConfig,
+    pub model_name: String,
+}
+
+impl AppState {
+    /// Plans the model, makes the contract, opens the session store (restoring sessions from
+    /// disk) and starts the workers.
+    pub fn new(model: &Model, config: ServeConfig) -> anyhow::Result<Arc<Self>> {
+        let ctx = Context::named(&config.params)?;
+        let plan = Arc::new(Plan::new(model, &ctx)?);
+        let contract = Arc::new(client_contract(model, &plan, &ctx)?);
+        let contract_json = contract.to_json();
+        let sessions = Arc::new(SessionStore::open(
+            StoreConfig {
+                dir: config.data_dir.join("sessions"),
+                max_sessions: config.max_sessions,
+                idle_ttl: config.session_ttl,
+                memory_budget: config.key_memory,
+            },
+            ctx.clone(),
+            contract.clone(),
+        )?);
+        let metrics = Arc::new(Metrics::default());
+        let threads = if config.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("blindsight-eval-{i}"))
+            .build()?;
+        let queue = JobQueue::start(
+            QueueConfig {
+                workers: config.jobs,
+                capacity: config.queue,
+                result_ttl: config.result_ttl,
+            },
+            Engine {
+                ctx: ctx.clone(),
+                plan,
+                sessions: sessions.clone(),
+                metrics: metrics.clone(),
+                pool,
+            },
+        );
+        Ok(Arc::new(Self {
+            ctx,
+            contract,
+            contract_json,
+            sessions,
+            queue,
+            metrics,
+            config,
+            model_name: model.metadata().name.clone(),
+        }))
+    }
+
+    /// Sweeps expired sessions and results every `sweep_every`, off tokio's threads.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(state.config.sweep_every);
+            loop {
+                tick.tick().await;
+                let s = state.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    s.queue.expire();
+                    s.sessions.expire(&s.queue.busy_sessions())
+                })
+                .await;
+            }
+        });
+    }
+}
+
+impl Drop for AppState {
+    fn drop(&mut self) {
+        self.queue.stop();
+    }
+}

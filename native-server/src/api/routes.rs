@@ -1,0 +1,327 @@
+//! The handlers: each reads and checks its input, hands CKKS work to blocking threads or the job
+//! queue (never to tokio's threads), and answers JSON, bytes or server-sent events.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use axum::{Json, Router};
+use blindsight_core::{scales_equal, Ciphertext};
+use futures_util::{Stream, StreamExt};
+use serde_json::json;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
+use tower_http::compression::CompressionLayer;
+use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
+
+use crate::api::error::ApiError;
+use crate::api::jobs::JobEvent;
+use crate::api::metrics::Gauges;
+use crate::api::sessions::{unknown_session, valid_id, wire_error};
+use crate::api::AppState;
+
+type St = State<Arc<AppState>>;
+
+/// The API and, where a web directory is configured, the page.
+pub fn router(state: Arc<AppState>) -> Router {
+    let router = Router::new()
+        .route("/api/health", get(health))
+        .route("/api/contract", get(contract))
+        .route("/api/sessions", post(create_session))
+        .route("/api/sessions/{id}", get(session).delete(delete_session))
+        .route("/api/sessions/{id}/keys/{k}", put(put_key))
+        .route("/api/sessions/{id}/jobs", post(submit_job))
+        .route("/api/jobs/{id}/events", get(job_events))
+        .route("/api/jobs/{id}/result", get(job_result))
+        .route("/api/{*rest}", any(no_route))
+        .route("/metrics", get(metrics));
+    let router = match &state.config.web_dir {
+        Some(dir) => {
+            router.fallback_service(ServeDir::new(dir).append_index_html_on_directories(true))
+        }
+        None => router.fallback(no_route),
+    };
+    // static files and JSON compress; ciphertexts (random bytes) and event streams do not
+    let compress =
+        DefaultPredicate::new().and(NotForContentType::const_new("application/octet-stream"));
+    router
+        .layer(CompressionLayer::new().compress_when(compress))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn no_route() -> ApiError {
+    ApiError::not_found("not_found", "no such route")
+}
+
+async fn health(State(s): St) -> Json<serde_json::Value> {
+    let (waiting, running) = s.queue.depth();
+    Json(json!({
+        "status": "ok",
+        "model": s.model_name,
+        "params": s.config.params,
+        "sessions": s.sessions.len(),
+        "queue": { "waiting": waiting, "running": running, "capacity": s.config.queue },
+    }))
+}
+
+async fn contract(State(s): St) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        s.contract_json.clone(),
+    )
+        .into_response()
+}
+
+async fn create_session(State(s): St) -> Result<Response, ApiError> {
+    let st = s.clone();
+    let status = blocking(move || st.sessions.create()).await?;
+    tracing::info!(session = %status.id, "created");
+    Ok((StatusCode::CREATED, Json(status)).into_response())
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(unknown_session(id))
+    }
+}
+
+async fn session(State(s): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    Ok(Json(s.sessions.status(&id)?).into_response())
+}
+
+async fn delete_session(State(s): St, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    check_id(&id)?;
+    let st = s.clone();
+    blocking(move || st.sessions.delete(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_key(
+    State(s): St,
+    Path((id, k)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let target = check_id(&id).and_then(|()| {
+        let k: usize = k
+            .parse()
+            .map_err(|_| ApiError::not_found("unknown_key", format!("{k:?} is not a key index")))?;
+        Ok((k, s.sessions.key_limit(&id, k)?))
+    });
+    let (k, limit) = match target {
+        Ok(t) => t,
+        Err(e) => return Err(refuse(&s, &headers, body, e).await),
+    };
+    let bytes = read_body(&headers, body, limit).await?;
+    let st = s.clone();
+    let result = blocking(move || st.sessions.put_key(&id, k, &bytes)).await;
+    let counter = if result.is_ok() {
+        &s.metrics.keys_accepted
+    } else {
+        &s.metrics.keys_rejected
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(Json(result?).into_response())
+}
+
+async fn submit_job(
+    State(s): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if let Err(e) = check_id(&id).and_then(|()| s.sessions.check_complete(&id)) {
+        return Err(refuse(&s, &headers, body, e).await);
+    }
+    let spec = &s.contract.input;
+    let bytes = read_body(&headers, body, spec.bytes).await?;
+    let st = s.clone();
+    let ct = blocking(move || {
+        let spec = &st.contract.input;
+        let ct = Ciphertext::from_bytes(&st.ctx, &bytes, spec.bytes).map_err(wire_error)?;
+        check_input(&ct, spec.level, spec.scale)?;
+        Ok(ct)
+    })
+    .await?;
+    s.sessions.touch(&id)?;
+    let (job, position) = s.queue.submit(&id, ct).inspect_err(|_| {
+        s.metrics
+            .jobs_rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })?;
+    tracing::info!(session = %id, job = %job, position, "queued");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "job": job,
+            "position": position,
+            "events": format!("/api/jobs/{job}/events"),
+            "result": format!("/api/jobs/{job}/result"),
+        })),
+    )
+        .into_response())
+}
+
+/// An upload refused before its body was read: the body (up to the largest object the contract
+/// has) is read and dropped first, so that the client, still sending, receives the reason
+/// instead of a reset connection.
+async fn refuse(s: &AppState, headers: &HeaderMap, body: Body, e: ApiError) -> ApiError {
+    let cap = s
+        .contract
+        .keys
+        .iter()
+        .map(|k| k.bytes)
+        .chain([s.contract.input.bytes])
+        .max()
+        .unwrap_or(0);
+    let _ = read_body(headers, body, cap).await;
+    e
+}
+
+/// The input must be a degree-1 ciphertext at the contract's level and scale.
+fn check_input(ct: &Ciphertext, level: usize, scale: f64) -> Result<(), ApiError> {
+    if ct.level() != level {
+        return Err(ApiError::bad_request(
+            "wrong_level",
+            format!(
+                "the input is at level {}, the contract needs {level}",
+                ct.level()
+            ),
+        ));
+    }
+    if ct.degree() != 1 || !scales_equal(ct.scale(), scale) {
+        return Err(ApiError::bad_request(
+            "wrong_scale",
+            format!(
+                "the input has degree {} and scale 2^{:.2}, the contract needs degree 1 and 2^{:.2}",
+                ct.degree(),
+                ct.scale().log2(),
+                scale.log2()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn job_events(
+    State(s): St,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let job = s.queue.job(&id)?;
+    let rx = job.subscribe();
+    let stream = futures_util::stream::unfold(
+        (job, rx, 0usize, false),
+        |(job, mut rx, from, finished)| async move {
+            if finished {
+                return None;
+            }
+            loop {
+                rx.borrow_and_update();
+                let events = job.events_from(from);
+                if !events.is_empty() {
+                    let done = events.iter().any(JobEvent::is_final);
+                    let next = from + events.len();
+                    let sse: Vec<Result<Event, Infallible>> = events
+                        .iter()
+                        .map(|e| {
+                            Ok(Event::default()
+                                .event(e.name())
+                                .data(serde_json::to_string(e).unwrap_or_default()))
+                        })
+                        .collect();
+                    return Some((futures_util::stream::iter(sse), (job, rx, next, done)));
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        },
+    )
+    .flatten();
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn job_result(State(s): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let job = s.queue.job(&id)?;
+    if let Some(bytes) = job.result() {
+        return Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            Body::from(bytes.as_ref().clone()),
+        )
+            .into_response());
+    }
+    match job.last_event() {
+        Some(JobEvent::Failed { error }) => {
+            Err(ApiError::internal(format!("the job failed: {error}")))
+        }
+        _ => Err(ApiError::conflict(
+            "not_ready",
+            "the job has not finished; follow its events",
+        )),
+    }
+}
+
+async fn metrics(State(s): St) -> Response {
+    let st = s.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        let (waiting, running) = st.queue.depth();
+        let (disk, memory) = st.sessions.key_bytes();
+        st.metrics.render(&Gauges {
+            sessions: st.sessions.len(),
+            key_bytes_on_disk: disk,
+            key_bytes_in_memory: memory,
+            queue_depth: waiting,
+            running,
+        })
+    })
+    .await
+    .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Reads a body of at most `limit` bytes as it streams in: a declared or actual length beyond
+/// the limit is refused before more is read.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|&n| n > limit as u64) {
+        // a near miss is read and dropped so that the client gets the answer, not a reset
+        // connection; a body far beyond the limit is not read at all
+        if n <= 2 * limit as u64 {
+            let mut stream = body.into_data_stream();
+            while let Some(Ok(_)) = stream.next().await {}
+        }
+        return Err(ApiError::too_large(limit));
+    }
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request("body", format!("reading the body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// Runs CKKS or file work on tokio's blocking threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("a worker stopped: {e}")))?
+}

@@ -1,0 +1,92 @@
+//! The client contract made from the server's plan: what the browser (or a native client) needs
+//! to make keys, encrypt an image and read the result. The same function serves `GET
+//! /api/contract`, `bench` and `classify`, so every client follows one description.
+
+use blindsight_client::contract::{ImageSpec, InputSpec, KeyPurpose, OutputSpec, ParamsSpec};
+use blindsight_client::{hex, ClientContract, KeySpec, CONTRACT_VERSION};
+use blindsight_core::wire::{ciphertext_size, switching_key_size};
+use blindsight_core::{CkksError, Context};
+use sha2::{Digest, Sha256};
+
+use crate::he::plan::Plan;
+use crate::model::Model;
+
+/// The contract of `plan` (made for `model` with `ctx`). Keys come in the order rotations by
+/// ascending amount, then relinearization; each is made at the highest level it is used at.
+pub fn client_contract(
+    model: &Model,
+    plan: &Plan,
+    ctx: &Context,
+) -> Result<ClientContract, CkksError> {
+    let mut keys = Vec::with_capacity(plan.rotations.len() + 1);
+    for (&amount, &level) in &plan.rotations {
+        let amount = amount as i64;
+        keys.push(KeySpec {
+            index: keys.len(),
+            purpose: KeyPurpose::Rotation {
+                amount,
+                galois_element: ctx.galois_element(amount),
+            },
+            level,
+            bytes: switching_key_size(ctx, level)?,
+        });
+    }
+    if let Some(level) = plan.relin_level {
+        keys.push(KeySpec {
+            index: keys.len(),
+            purpose: KeyPurpose::Relin,
+            level,
+            bytes: switching_key_size(ctx, level)?,
+        });
+    }
+    let input = model.input();
+    let output_level = plan.steps[plan.output_step].value.level;
+    Ok(ClientContract {
+        version: CONTRACT_VERSION,
+        params: ParamsSpec {
+            name: plan.params.clone(),
+            fingerprint: hex(ctx.fingerprint()),
+            ring_degree: ctx.n(),
+            slots: ctx.params().slots(),
+        },
+        model: model.metadata().name.clone(),
+        image: ImageSpec {
+            channels: input.channels,
+            height: input.height,
+            width: input.width,
+            mean: input.mean.clone(),
+            std: input.std.clone(),
+        },
+        input: InputSpec {
+            layout: plan.input.clone(),
+            level: plan.input_level,
+            scale: plan.input_scale,
+            bytes: ciphertext_size(ctx, plan.input_level, 1, true)?,
+        },
+        keys,
+        output: OutputSpec {
+            layout: plan.output_layout().clone(),
+            level: output_level,
+            bytes: ciphertext_size(ctx, output_level, 1, false)?,
+        },
+        classes: model.metadata().classes.clone(),
+        plan_hash: plan_hash(plan),
+    })
+}
+
+/// SHA-256 over everything of the plan that the evaluation depends on (layouts, levels, scales,
+/// steps with their diagonals, offsets, keys): a different model, parameter set or planner gives
+/// a different hash.
+pub fn plan_hash(plan: &Plan) -> String {
+    struct Hasher(Sha256);
+    impl std::fmt::Write for Hasher {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.update(s.as_bytes());
+            Ok(())
+        }
+    }
+    // streamed: the plan's text form is megabytes of diagonals
+    let mut h = Hasher(Sha256::new());
+    std::fmt::write(&mut h, format_args!("{plan:?}")).expect("hashing cannot fail");
+    hex(&h.0.finalize())
+}

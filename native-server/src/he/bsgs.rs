@@ -1,0 +1,220 @@
+//! The baby-step / giant-step plan of a linear layer on one packed ciphertext (the generalized
+//! diagonal method), with a Horner chain over the giant steps.
+//!
+//! A linear map `out = M in` between two slot layouts is `sum_a d_a * rot_a(in)` over the rotation
+//! amounts `a = slot(in) - slot(out)`. Writing `a = g*G + b` (`G` = one channel block), the baby
+//! amounts `b` are the few spatial shifts of a convolution kernel and the giant steps `g` the channel
+//! offsets: `out = V_0 + rot_G(V_1 + rot_G(V_2 + ...))` with `V_g = sum_b rot_{-gG}(d_{gG+b}) * rot_b(in)`.
+//! Baby rotations are composed from power-of-two steps along a shared prefix tree (hoisted per parent)
+//! and the giant chain uses the single amount `G`, so a whole network needs only a handful of keys.
+//! All amounts are non-negative left rotations: the planner shifts output layouts to make them so.
+
+use std::collections::{BTreeSet, HashMap};
+
+use blindsight_core::layout::SlotLayout;
+
+use crate::he::diagonal::Diagonal;
+use crate::he::operator::Operator;
+use crate::model::Model;
+
+/// One node of the baby-step tree: `amount = parent's amount + step`, `step` a power of two.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeNode {
+    pub parent: usize,
+    pub step: usize,
+    pub amount: usize,
+}
+
+/// A planned linear layer: layouts, level, scales and the rotation structure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearPlan {
+    pub op: Operator,
+    /// Factor applied to every weight (the input value's multiplier, folded in).
+    pub mult: f64,
+    pub input: SlotLayout,
+    pub output: SlotLayout,
+    /// Output elements (CHW).
+    pub outputs: usize,
+    /// Level the input is brought to (dropped) before the layer; the output is one level lower.
+    pub level: usize,
+    /// Exact scale of the output after the rescale.
+    pub out_scale: f64,
+    /// The giant step `G` (slots).
+    pub giant: usize,
+    /// Number of giant steps (the Horner chain has `giants - 1` rotations by `G`).
+    pub giants: usize,
+    /// Baby amounts, ascending; `tree[baby_node[i]]` computes `babies[i]`.
+    pub babies: Vec<usize>,
+    pub tree: Vec<TreeNode>,
+    pub baby_node: Vec<usize>,
+    /// The nonzero diagonals (one plaintext product each), pre-rotated for the Horner chain and run-compressed; filled by
+    /// [`LinearPlan::build_diagonals`] once the layouts are final (empty until then).
+    pub diags: Vec<Diagonal>,
+}
+
+impl LinearPlan {
+    /// Plans `op` from `input` to `output_raw`. With `free_offset`, the output layout is shifted so
+    /// that every baby amount is small and non-negative; otherwise `output_raw` is kept as is.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: &Model,
+        op: Operator,
+        mult: f64,
+        input: SlotLayout,
+        output_raw: SlotLayout,
+        free_offset: bool,
+        level: usize,
+        out_scale: f64,
+    ) -> Self {
+        let giant = input.block();
+        let outputs = output_raw.len();
+        let output = if free_offset {
+            // shift so that the most negative (centered) baby amount becomes 0
+            let mut min_b = 0i64;
+            for_each_amount(model, &op, &input, &output_raw, |a, _, _| {
+                let b = (a % giant) as i64;
+                let centered = if b >= giant as i64 / 2 {
+                    b - giant as i64
+                } else {
+                    b
+                };
+                min_b = min_b.min(centered);
+            });
+            output_raw.shifted(min_b)
+        } else {
+            output_raw
+        };
+        let mut babies = BTreeSet::new();
+        let mut last_giant = 0;
+        for_each_amount(model, &op, &input, &output, |a, _, _| {
+            babies.insert(a % giant);
+            last_giant = last_giant.max(a / giant);
+        });
+        let babies: Vec<usize> = babies.into_iter().collect();
+        let giants = last_giant + 1;
+        let (tree, baby_node) = baby_tree(&babies);
+        Self {
+            op,
+            mult,
+            input,
+            output,
+            outputs,
+            level,
+            out_scale,
+            giant,
+            giants,
+            babies,
+            tree,
+            baby_node,
+            diags: Vec::new(),
+        }
+    }
+
+    /// Every rotation amount this layer uses.
+    pub fn rotation_amounts(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.tree.iter().skip(1).map(|t| t.step).collect();
+        if self.giants > 1 {
+            v.push(self.giant);
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Rotations per evaluation.
+    pub fn rotation_count(&self) -> usize {
+        self.tree.len() - 1 + self.giants - 1
+    }
+
+    /// Whether `self` and `other` can be summed inside one Horner chain: same output layout,
+    /// level, scale and giant step.
+    pub fn fuses_with(&self, other: &LinearPlan) -> bool {
+        self.output == other.output
+            && self.level == other.level
+            && self.out_scale == other.out_scale
+            && self.giant == other.giant
+            && self.input.slots() == other.input.slots()
+    }
+}
+
+/// Rotations per evaluation of the sum of `plans` (each its own baby tree, one shared chain).
+pub fn sum_rotation_count(plans: &[&LinearPlan]) -> usize {
+    let babies: usize = plans.iter().map(|p| p.tree.len() - 1).sum();
+    let giants = plans.iter().map(|p| p.giants).max().unwrap_or(1);
+    babies + giants - 1
+}
+
+/// Calls `f(amount, output slot, weight)` for every term of the map, over every copy of the output;
+/// each term reads the copy of its input that makes the amount smallest.
+pub(crate) fn for_each_amount(
+    model: &Model,
+    op: &Operator,
+    input: &SlotLayout,
+    output: &SlotLayout,
+    mut f: impl FnMut(usize, usize, f64),
+) {
+    let slots = output.slots();
+    let (pin, pout) = (input.period(), output.period());
+    for o in 0..output.len() {
+        let p0 = output.slot_of(o);
+        for k in 0..slots / pout {
+            let p = (p0 + k * pout) % slots;
+            op.terms(model, o, |i, w| {
+                let q = input.slot_of(i);
+                let a = (q as i64 - p as i64).rem_euclid(pin as i64) as usize;
+                f(a, p, w);
+            });
+        }
+    }
+}
+
+/// Prefix tree of the babies' binary expansions (high bits first): node 0 is the input itself.
+fn baby_tree(babies: &[usize]) -> (Vec<TreeNode>, Vec<usize>) {
+    let mut tree = vec![TreeNode {
+        parent: 0,
+        step: 0,
+        amount: 0,
+    }];
+    let mut by_amount: HashMap<usize, usize> = HashMap::from([(0, 0)]);
+    let mut baby_node = Vec::with_capacity(babies.len());
+    for &b in babies {
+        let (mut cur, mut acc) = (0usize, 0usize);
+        for bit in (0..usize::BITS).rev() {
+            let step = 1usize << bit;
+            if b & step == 0 {
+                continue;
+            }
+            acc += step;
+            cur = *by_amount.entry(acc).or_insert_with(|| {
+                tree.push(TreeNode {
+                    parent: cur,
+                    step,
+                    amount: acc,
+                });
+                tree.len() - 1
+            });
+        }
+        baby_node.push(cur);
+    }
+    (tree, baby_node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baby_tree_shares_prefixes() {
+        let babies = [0, 1, 2, 32, 33, 34, 64, 65, 66];
+        let (tree, node) = baby_tree(&babies);
+        // 1, 2, 32, 64 from the root; 33, 34 under 32; 65, 66 under 64
+        assert_eq!(tree.len(), 9);
+        for (i, &b) in babies.iter().enumerate() {
+            assert_eq!(tree[node[i]].amount, b);
+        }
+        for t in &tree[1..] {
+            assert!(t.step.is_power_of_two());
+            assert_eq!(tree[t.parent].amount + t.step, t.amount);
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The diagonals of a planned linear layer: each nonzero generalized diagonal, pre-rotated for the
+//! Horner chain, kept as runs of equal weights (a convolution's diagonal is a few hundred runs,
+//! not 32768 values).
+
+use crate::he::bsgs::{for_each_amount, LinearPlan};
+use crate::model::Model;
+
+/// `count` slots from `start`, `stride` apart, all holding `weight`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Run {
+    pub start: u32,
+    pub count: u32,
+    pub stride: u32,
+    pub weight: f64,
+}
+
+/// One plaintext of a linear layer: giant step `giant`, baby index `baby`, as runs of equal
+/// weights (a convolution's diagonal is a few hundred runs, not 32768 values: kept for every
+/// image at a few KB instead of re-derived from the model or stored expanded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagonal {
+    pub giant: usize,
+    pub baby: usize,
+    pub runs: Vec<Run>,
+}
+
+impl Diagonal {
+    /// The slot vector.
+    pub fn expand(&self, slots: usize) -> Vec<f64> {
+        let mut v = vec![0.0; slots];
+        for r in &self.runs {
+            for k in 0..r.count as usize {
+                v[r.start as usize + k * r.stride as usize] = r.weight;
+            }
+        }
+        v
+    }
+}
+
+/// Compresses slot-sorted `(slot, weight)` entries (distinct slots) into runs.
+fn compress(entries: &[(u32, f64)]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for &(slot, weight) in entries {
+        if let Some(r) = runs.last_mut() {
+            let last = r.start + (r.count - 1) * r.stride;
+            if r.weight == weight && (r.count == 1 || slot - last == r.stride) {
+                if r.count == 1 {
+                    r.stride = slot - last;
+                }
+                r.count += 1;
+                continue;
+            }
+        }
+        runs.push(Run {
+            start: slot,
+            count: 1,
+            stride: 1,
+            weight,
+        });
+    }
+    runs
+}
+
+impl LinearPlan {
+    /// Derives the diagonals from the model (once per plan: the same for every image).
+    pub fn build_diagonals(&mut self, model: &Model) {
+        let slots = self.input.slots();
+        let mut index = vec![u32::MAX; self.giant];
+        for (i, &b) in self.babies.iter().enumerate() {
+            index[b] = i as u32;
+        }
+        let nb = self.babies.len();
+        let mut entries: Vec<(u32, u32, f64)> = Vec::new();
+        for_each_amount(model, &self.op, &self.input, &self.output, |a, p, w| {
+            let (g, b) = (a / self.giant, a % self.giant);
+            // rot_{-gG}(d)[p'] = d[p' - gG]: the entry for output slot p lands at p + gG
+            let slot = (p + g * self.giant) % slots;
+            entries.push(((g * nb) as u32 + index[b], slot as u32, w * self.mult));
+        });
+        entries.sort_unstable_by_key(|&(k, slot, _)| (k, slot));
+        let mut diags = Vec::new();
+        let mut i = 0;
+        while i < entries.len() {
+            let key = entries[i].0;
+            let mut merged: Vec<(u32, f64)> = Vec::new();
+            while i < entries.len() && entries[i].0 == key {
+                let (_, slot, w) = entries[i];
+                match merged.last_mut() {
+                    Some(last) if last.0 == slot => last.1 += w,
+                    _ => merged.push((slot, w)),
+                }
+                i += 1;
+            }
+            diags.push(Diagonal {
+                giant: key as usize / nb,
+                baby: key as usize % nb,
+                runs: compress(&merged),
+            });
+        }
+        self.diags = diags;
+    }
+}
