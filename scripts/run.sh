@@ -1,20 +1,14 @@
 #!/usr/bin/env bash
-# Sets everything up and runs Blindsight: scripts/run.sh [IMAGE]
-# With an image (PNG or JPEG, any size): classifies it encrypted, in one process (keys, encryption,
-# the homomorphic ResNet-20 on the embedded model, decryption), printing label, probabilities and
-# timings. Without one: prints the evaluation plan and benchmarks one CIFAR-10 test image from
-# ../shared/data (or, where that is absent, runs the CKKS demonstration).
-# The browser page and the HTTP server arrive with the next milestones; this command will start them.
+# Sets everything up and starts Blindsight: scripts/run.sh [serve options]
+# Installs what is missing (wasm32 target, wasm-bindgen-cli at the lockfile's version), builds the
+# browser client (web/pkg) and the server, and starts `blindsight serve` on the embedded default
+# model, which prints the URL to open. Options go to `blindsight serve` (for example
+# `--addr 127.0.0.1:9000`, `--data-dir DIR`, `--jobs 2`); `blindsight serve --help` lists them.
+# Without a browser: target/release/blindsight classify IMAGE (everything in one process) or
+# classify --server URL IMAGE (keys and encryption here, the network on a running server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/build-web.sh
 cargo build --release -q -p blindsight-server --bin blindsight
-bin=target/release/blindsight
-if [ $# -gt 0 ]; then
-  exec "$bin" classify "$1"
-fi
-"$bin" plan
-if [ -f ../shared/data/cifar10/jpeg75/test_batch.bin ]; then
-  exec "$bin" bench --images 1 --data ../shared/data/cifar10
-fi
-exec cargo run --release -q -p blindsight-core --example demo
+exec target/release/blindsight serve "$@"

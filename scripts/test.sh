@@ -18,6 +18,8 @@ if cargo tree -q -p blindsight-server --no-default-features -e features -i blind
 fi
 echo "== native tests"
 cargo test --workspace
+echo "== the whole encrypted ResNet-20, in one process and through HTTP (release build)"
+cargo test --release -p blindsight-server --test resnet20_encrypted --test api_resnet20 -- --include-ignored
 echo "== wasm32 build and tests (node)"
 cargo build -p blindsight-core --target wasm32-unknown-unknown --release
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \

@@ -75,13 +75,8 @@ fn run(model: &Model, input: &[f64], keep: bool) -> Result<Vec<Vec<f64>>, InputS
     Ok(values)
 }
 
-/// Numerically stable softmax: class probabilities from logits.
-pub fn softmax(logits: &[f64]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let exps: Vec<f64> = logits.iter().map(|&x| (x - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
-}
+/// Class probabilities from logits: the client's function, so both sides agree.
+pub use blindsight_client::softmax;
 
 fn conv2d(conv: &Conv2d, x: &[f64]) -> Vec<f64> {
     let (height, width) = (conv.in_height, conv.in_width);

@@ -31,6 +31,7 @@ fn png(record: &cifar::Record) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the whole ResNet-20: scripts/test.sh runs it optimized (--release --include-ignored)"]
 async fn two_images_through_http_match_the_plaintext_labels() {
     blindsight_core::memory::keep_freed_memory();
     let model = Model::embedded().unwrap();

@@ -365,3 +365,58 @@ async fn session_cap_and_idle_expiry() {
     state.queue.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_is_served_with_wasm_mime_and_compression() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+
+    let dir = temp_dir("web");
+    let web = dir.join("web");
+    std::fs::create_dir_all(web.join("pkg")).unwrap();
+    std::fs::write(
+        web.join("index.html"),
+        "<!doctype html><title>x</title>".repeat(40),
+    )
+    .unwrap();
+    std::fs::write(web.join("pkg/app_bg.wasm"), b"\0asm\x01\0\0\0".repeat(200)).unwrap();
+    let config = ServeConfig {
+        params: "N14_TEST".into(),
+        data_dir: dir.clone(),
+        web_dir: Some(web),
+        ..ServeConfig::default()
+    };
+    let state = AppState::new(&mini_resnet(false), config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(state.clone());
+    let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let get = |path: &str, encoding: &str| {
+        let req = hyper::Request::get(format!("{base}{path}"))
+            .header("accept-encoding", encoding)
+            .body(Empty::new())
+            .unwrap();
+        http.request(req)
+    };
+    let res = get("/pkg/app_bg.wasm", "gzip").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/wasm");
+    assert_eq!(res.headers()["content-encoding"], "gzip");
+    let res = get("/", "gzip").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    // the API still answers JSON beside the page, and unknown API routes are JSON 404s
+    let res = get("/api/nothing", "identity").await.unwrap();
+    assert_eq!(res.status(), 404);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+    task.abort();
+    state.queue.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

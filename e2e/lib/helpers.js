@@ -1,0 +1,152 @@
+// What the tests share: the server under test, test images, the page's hooks, request capture.
+
+import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { cifarImage, encodePng } from './cifar.js';
+
+export const URL = process.env.BLINDSIGHT_URL;
+export const BIN = process.env.BLINDSIGHT_BIN;
+export const BATCH = process.env.CIFAR_BATCH;
+export const ARTIFACTS = process.env.E2E_ARTIFACTS || new globalThis.URL('../artifacts', import.meta.url).pathname;
+if (!URL || !BIN || !BATCH) {
+  throw new Error('run the tests with e2e/run.sh (it sets BLINDSIGHT_URL, BLINDSIGHT_BIN, CIFAR_BATCH)');
+}
+mkdirSync(ARTIFACTS, { recursive: true });
+
+/** A scratch directory outside the repository, removed at exit. */
+export const scratch = mkdtempSync(join(tmpdir(), 'blindsight-e2e-'));
+process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
+
+/** CIFAR-10 test image `index` written as a PNG: { path, name, label (the dataset's) }. */
+export function cifarPng(index) {
+  const image = cifarImage(BATCH, index);
+  const name = `cifar-test-${index}.png`;
+  const path = join(scratch, name);
+  writeFileSync(path, encodePng(image));
+  return { path, name, label: image.label };
+}
+
+/** A file of random bytes that claims to be a PNG. */
+export function corruptPng(name = 'x.png') {
+  const path = join(scratch, name);
+  writeFileSync(path, randomBytes(4096));
+  return { path, name };
+}
+
+/** The plaintext model's label for an image file (`blindsight classify --plaintext`). */
+export function plaintextLabel(path) {
+  const out = execFileSync(BIN, ['classify', '--plaintext', path], { encoding: 'utf8' });
+  const m = out.match(/^label: (.+)$/m);
+  if (!m) throw new Error(`no "label:" line in blindsight classify's output:\n${out}`);
+  return m[1].trim();
+}
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Another `blindsight serve` of the tests' own (one they may stop), with its own data dir. */
+export async function startServer(extraArgs = []) {
+  const port = await freePort();
+  const dataDir = mkdtempSync(join(scratch, 'data-'));
+  const url = `http://127.0.0.1:${port}`;
+  const child = spawn(BIN, ['serve', '--addr', `127.0.0.1:${port}`, '--data-dir', dataDir, '--web', new globalThis.URL('../../web', import.meta.url).pathname, ...extraArgs], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  child.stdout.on('data', (d) => (log += d));
+  child.stderr.on('data', (d) => (log += d));
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  const server = {
+    url,
+    child,
+    log: () => log,
+    ready: (async () => {
+      for (let i = 0; i < 1200; i++) {
+        if (child.exitCode !== null || child.signalCode) throw new Error(`the server exited:\n${log}`);
+        try {
+          const r = await fetch(`${url}/api/health`);
+          if (r.ok) return;
+        } catch {
+          // not listening yet
+        }
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      throw new Error(`the server did not answer in 300 s:\n${log}`);
+    })(),
+    async stop() {
+      if (child.exitCode === null && !child.signalCode) child.kill('SIGKILL');
+      await exited;
+    },
+  };
+  server.ready.catch(() => {}); // reported where awaited
+  return server;
+}
+
+/** Every request the page (and its workers) makes, with its body. */
+export function captureRequests(page) {
+  const requests = [];
+  page.on('request', (r) => {
+    let body = null;
+    try {
+      body = r.postDataBuffer();
+    } catch {
+      body = null;
+    }
+    requests.push({ method: r.method(), url: r.url(), body });
+  });
+  return requests;
+}
+
+/** The result panel's state (idle | working | done | error). */
+export const resultState = (page) => page.getAttribute('[data-testid=result]', 'data-state');
+
+/** Picks a file and waits for the result panel to reach `state` for it. */
+export async function pickAndWait(page, file, { state = 'done', timeout = 240_000 } = {}) {
+  await page.setInputFiles('[data-testid=image-input]', file.path);
+  const selector =
+    state === 'done'
+      ? `[data-testid=result][data-state=done][data-file="${file.name}"]`
+      : `[data-testid=result][data-state=${state}]`;
+  await page.waitForSelector(selector, { timeout, state: 'attached' });
+}
+
+/** The page's stored session: { id, secretKey (Buffer), planHash } or null. */
+export async function storedSession(page) {
+  const record = await page.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        const open = indexedDB.open('blindsight');
+        open.onerror = () => reject(open.error);
+        open.onsuccess = () => {
+          const db = open.result;
+          if (!db.objectStoreNames.contains('session')) return resolve(null);
+          const get = db.transaction('session').objectStore('session').get('current');
+          get.onsuccess = () => {
+            const r = get.result;
+            db.close();
+            if (!r) return resolve(null);
+            let b = '';
+            for (const byte of r.secretKey) b += String.fromCharCode(byte);
+            resolve({ id: r.id, planHash: r.planHash, secretKey: btoa(b) });
+          };
+          get.onerror = () => reject(get.error);
+        };
+      }),
+  );
+  return record && { ...record, secretKey: Buffer.from(record.secretKey, 'base64') };
+}
+
+export const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
