@@ -122,6 +122,14 @@ impl Remote {
         Ok(c.id)
     }
 
+    /// The session's status: keys present and missing, expiry.
+    pub async fn session(&self, session: &str) -> Result<Value, RemoteError> {
+        let body = self
+            .send(Method::GET, &format!("/api/sessions/{session}"), Vec::new())
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| RemoteError::Transport(e.to_string()))
+    }
+
     pub async fn put_key(
         &self,
         session: &str,

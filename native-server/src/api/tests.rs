@@ -196,13 +196,7 @@ async fn flow_bad_input_full_queue_and_restart() {
         let status = put(k, client.key_bytes(k).unwrap()).await.unwrap();
         assert_eq!(status["keys_present"].as_array().unwrap().len(), k + 1);
     }
-    let status: Value = serde_json::from_slice(
-        &remote
-            .send(Method::GET, &format!("/api/sessions/{id}"), vec![])
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let status: Value = remote.session(&id).await.unwrap();
     assert!(status["keys_missing"].as_array().unwrap().is_empty());
 
     // bad ciphertexts: truncated, oversized, wrong level
@@ -296,13 +290,7 @@ async fn flow_bad_input_full_queue_and_restart() {
     server.stop().await;
     let server = start(&dir, 1).await;
     let remote = Remote::new(&server.url);
-    let status: Value = serde_json::from_slice(
-        &remote
-            .send(Method::GET, &format!("/api/sessions/{id}"), vec![])
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let status: Value = remote.session(&id).await.unwrap();
     assert!(
         status["keys_missing"].as_array().unwrap().is_empty(),
         "{status}"
