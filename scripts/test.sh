@@ -28,3 +28,5 @@ echo "== wasm-client: the page's build and its tests in node"
 bash scripts/build-web.sh
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p blindsight-wasm-client --target wasm32-unknown-unknown --test node
+echo "== what the wasm client made, evaluated and decrypted natively"
+cargo test -p blindsight-server --test wasm_roundtrip -- --include-ignored

@@ -219,3 +219,57 @@ fn bad_contracts_are_refused_with_their_reason() {
     );
     assert!(msg.contains("fingerprint does not match"), "{msg}");
 }
+
+/// Node's file system, to hand the round trip's bytes to the native side.
+mod node_fs {
+    use wasm_bindgen::prelude::*;
+
+    #[wasm_bindgen(module = "fs")]
+    extern "C" {
+        #[wasm_bindgen(js_name = writeFileSync)]
+        pub fn write_file_sync(path: &str, data: &[u8]);
+        #[wasm_bindgen(js_name = mkdirSync)]
+        pub fn mkdir_sync(path: &str, options: &JsValue);
+    }
+}
+
+const MINI: &str = include_str!("fixtures/mini_contract.json");
+
+/// Where the round trip's files go: the workspace's target directory (the test runs in the
+/// crate's directory). `native-server/tests/wasm_roundtrip.rs` reads them.
+const ROUNDTRIP_DIR: &str = "../target/wasm-roundtrip";
+
+/// The first half of the round trip on the reduced test network (the server's mini ResNet at
+/// N14_TEST): every evaluation key, one at a time, and an encrypted 12x10 image, made here in
+/// wasm, plus the secret key (test only) so that the native side can check the decryption.
+/// The native side evaluates the network on them and decrypts to the plaintext label.
+#[wasm_bindgen_test]
+fn mini_network_keys_and_image_for_the_native_side() {
+    let client = ok(WasmClient::new(MINI));
+    let options = js_sys::Object::new();
+    js_sys::Reflect::set(&options, &"recursive".into(), &JsValue::TRUE).unwrap();
+    node_fs::mkdir_sync(ROUNDTRIP_DIR, &options);
+    for k in 0..client.key_count() {
+        let bytes = ok(client.make_key(k));
+        node_fs::write_file_sync(&format!("{ROUNDTRIP_DIR}/key-{k}.bin"), &bytes);
+    }
+    let (w, h) = (12u32, 10u32);
+    let px: Vec<u8> = (0..w * h * 4)
+        .map(|i| {
+            if i % 4 == 3 {
+                255
+            } else {
+                ((i * 97 + 13) % 251) as u8
+            }
+        })
+        .collect();
+    node_fs::write_file_sync(&format!("{ROUNDTRIP_DIR}/image.rgba"), &px);
+    node_fs::write_file_sync(
+        &format!("{ROUNDTRIP_DIR}/input.bin"),
+        &ok(client.encrypt_rgba(&px, w, h)),
+    );
+    node_fs::write_file_sync(
+        &format!("{ROUNDTRIP_DIR}/secret.key"),
+        &client.export_secret_key().to_vec(),
+    );
+}

@@ -75,6 +75,12 @@ pub(crate) mod tests {
     /// A small CIFAR-shaped ResNet: 3x8x8 input, conv 3->4, then either an identity block or a
     /// downsampling block (stride-2 conv 4->8 with a 1x1 stride-2 shortcut), pool, linear 8->3.
     pub(crate) fn mini_resnet(downsample: bool) -> Model {
+        let (manifest, tensors) = mini_resnet_files(downsample);
+        load(&manifest, &tensors).unwrap()
+    }
+
+    /// The mini ResNet's manifest and weights.
+    fn mini_resnet_files(downsample: bool) -> (Value, Tensors) {
         let (c2, stride) = if downsample { (8, 2) } else { (4, 1) };
         let mut nodes = vec![
             conv("conv1", "input", 3, 4, 3, 1),
@@ -128,7 +134,41 @@ pub(crate) mod tests {
             "training": {"epochs_done": 0, "epochs_planned": 0, "recipe": "", "command": "",
                          "log_tail": []}
         });
-        load(&manifest, &tensors).unwrap()
+        (manifest, tensors)
+    }
+
+    /// The reduced test network on disk (`tests/fixtures/mini_resnet/`, the downsampling variant),
+    /// which the wasm client's round trip uses: the files must be what this code makes
+    /// (`BLESS=1` rewrites them).
+    #[test]
+    fn mini_resnet_fixture_is_current() {
+        let (manifest, tensors) = mini_resnet_files(true);
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mini_resnet");
+        let files = [
+            (
+                "manifest.json",
+                serde_json::to_vec_pretty(&manifest).unwrap(),
+            ),
+            (
+                "weights.safetensors",
+                crate::model::tests::weights_bytes(&tensors),
+            ),
+        ];
+        for (name, bytes) in files {
+            let path = dir.join(name);
+            if std::env::var_os("BLESS").is_some_and(|v| v == "1") {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            let stored = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                stored == bytes,
+                "{} is stale: rerun with BLESS=1",
+                path.display()
+            );
+        }
+        Model::from_dir(&dir).unwrap();
     }
 
     /// Every step's decrypted value (mult * slots + offset) against the plaintext node output, and
