@@ -39,7 +39,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/jobs/{id}/events", get(job_events))
         .route("/api/jobs/{id}/result", get(job_result))
         .route("/api/{*rest}", any(no_route))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        });
     let router = match &state.config.web_dir {
         Some(dir) => {
             router.fallback_service(ServeDir::new(dir).append_index_html_on_directories(true))

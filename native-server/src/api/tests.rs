@@ -119,6 +119,10 @@ async fn flow_bad_input_full_queue_and_restart() {
         (404, "unknown_job".into())
     );
     assert_eq!(
+        err_of(remote.send(Method::PATCH, "/api/sessions", vec![]).await),
+        (405, "method_not_allowed".into())
+    );
+    assert_eq!(
         err_of(remote.send(Method::GET, "/api/nothing", vec![]).await),
         (404, "not_found".into())
     );
