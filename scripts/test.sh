@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, the native test suite, and the wasm32 build and tests.
+# The test command: formatting, lints, the native test suite, the wasm32 builds and their tests in
+# node, and the page's end-to-end tests in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -30,3 +31,6 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p blindsight-wasm-client --target wasm32-unknown-unknown --test node
 echo "== what the wasm client made, evaluated and decrypted natively"
 cargo test -p blindsight-server --test wasm_roundtrip -- --include-ignored
+echo "== the page in headless Chromium against a real server (e2e/)"
+cargo build --release -q -p blindsight-server --bin blindsight
+bash e2e/run.sh

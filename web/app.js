@@ -80,6 +80,8 @@ function buildSteps() {
 }
 
 function resetImageSteps() {
+  const list = $('steps');
+  list.classList.add('instant'); // empty bars at once, not animated
   for (const id of IMAGE_STEPS) {
     const li = $(`step-${id}`);
     li.dataset.state = 'waiting';
@@ -87,6 +89,8 @@ function resetImageSteps() {
     li.querySelector('.step-detail').textContent = STEPS.find((s) => s[0] === id)[2];
     li.querySelector('.fill').style.width = '0%';
   }
+  void list.offsetWidth;
+  list.classList.remove('instant');
   $('step-evaluate').querySelector('.layers').replaceChildren();
   state.layers = 0;
 }
@@ -99,6 +103,7 @@ function showStep(msg) {
   if (msg.state === 'done' || msg.state === 'skipped') li.querySelector('.fill').style.width = '100%';
   if (msg.detail) li.querySelector('.step-detail').textContent = msg.detail;
   const numbers = [];
+  if (msg.state === 'skipped') li.querySelector('.step-numbers').textContent = '';
   if (msg.bytes != null) numbers.push(mb(msg.bytes));
   if (msg.rate) numbers.push(rate(msg.rate));
   if (msg.perKey) numbers.push(`${secs(msg.perKey)}/key`);
@@ -134,9 +139,10 @@ function clearError() {
   $('error-box').hidden = true;
 }
 let noticeTimer = null;
-function showNotice(message, { sticky = false } = {}) {
+function showNotice(message, { sticky = false, kind = 'info' } = {}) {
   clearTimeout(noticeTimer);
   $('notice').textContent = message;
+  $('notice').dataset.kind = kind;
   $('notice').hidden = false;
   if (!sticky) noticeTimer = setTimeout(() => ($('notice').hidden = true), 15000);
 }
@@ -199,8 +205,8 @@ function showResult(msg) {
   const k = msg.keys;
   const rowsData = [];
   if (k && msg.keysThisImage) {
-    rowsData.push(['Key generation', `${secs(k.keygenSeconds)} (${secs(k.perKeySeconds)}/key)`, `${k.made} keys`]);
-    rowsData.push(['Key upload', `${secs(k.uploadWallSeconds)}`, `${mb(k.bytes)}`]);
+    rowsData.push(['Key generation', `${secs(k.keygenSeconds)} · ${secs(k.perKeySeconds)}/key`, `${k.made} keys`]);
+    rowsData.push(['Key upload', `${secs(k.uploadWallSeconds)} · ${rate(k.bytes / k.uploadWallSeconds)}`, mb(k.bytes)]);
   } else {
     rowsData.push(['Keys', 'reused', '0 B sent']);
   }
@@ -209,7 +215,8 @@ function showResult(msg) {
   rowsData.push(['Server evaluation', secs(msg.serverSeconds), s.evaluate?.detail?.split(',')[0] || '']);
   rowsData.push(['Download', secs(s.download?.seconds), mb(s.download?.bytes)]);
   rowsData.push(['Decryption', secs(s.decrypt?.seconds), '']);
-  rowsData.push(['Pick to label', secs(msg.pickToLabel), `wasm ${mb(msg.peakWasmBytes)} peak`]);
+  rowsData.push(['Wasm memory (peak)', '', mb(msg.peakWasmBytes)]);
+  rowsData.push(['Pick to label', secs(msg.pickToLabel), '']);
   const body = $('timings').querySelector('tbody');
   body.replaceChildren();
   rowsData.forEach(([a, b, c], i) => {
@@ -272,6 +279,7 @@ async function pick(file) {
   $('label').textContent = '…';
   $('confidence').textContent = '';
   $('verdict-caption').textContent = `Working on ${file.name || 'the pasted image'}…`;
+  $('timings').querySelector('tbody').replaceChildren();
   for (const row of $('probabilities').children) {
     row.classList.remove('top');
     row.querySelector('.fill').style.width = '0%';
@@ -335,6 +343,11 @@ function onWorker(msg) {
       break;
     case 'keys':
       window.blindsight.keys = msg;
+      console.info(
+        `Blindsight: ${msg.made} keys (${mb(msg.bytes)}) made in ${secs(msg.keygenSeconds)} ` +
+          `(${secs(msg.perKeySeconds)}/key) and uploaded in ${secs(msg.uploadWallSeconds)}; ` +
+          `${secs(msg.wallSeconds)} in all`,
+      );
       break;
     case 'step':
       if (msg.job != null && msg.job !== state.job) return;
@@ -342,7 +355,7 @@ function onWorker(msg) {
       break;
     case 'notice':
       if (msg.kind === 'clear') clearNotice();
-      else showNotice(msg.message, { sticky: msg.kind === 'wait' });
+      else showNotice(msg.message, { sticky: msg.kind === 'wait', kind: msg.kind });
       break;
     case 'result': {
       if (msg.job !== state.job) return;
@@ -350,6 +363,11 @@ function onWorker(msg) {
       clearNotice();
       showResult(msg);
       window.blindsight.results.push(msg);
+      console.info(
+        `Blindsight: ${msg.name} is ${msg.label}; pick to label ${secs(msg.pickToLabel)}, ` +
+          `encryption ${secs(msg.steps.encrypt?.seconds)}, server ${secs(msg.serverSeconds)}, ` +
+          `decryption ${secs(msg.steps.decrypt?.seconds)}, wasm memory ${mb(msg.peakWasmBytes)}`,
+      );
       break;
     }
     case 'error':
@@ -361,10 +379,23 @@ function onWorker(msg) {
         $('verdict-caption').textContent = 'No result: see the message above.';
         for (const li of document.querySelectorAll('.step[data-state="running"]')) li.dataset.state = 'failed';
       }
+      if (msg.code === 'unreachable') {
+        document.querySelector('.session').dataset.state = 'error';
+        $('session-text').textContent = 'Server unreachable';
+      }
       showError(msg.message, { retry: msg.code === 'unreachable' || msg.code === 'job_failed' });
       break;
     case 'forgotten':
       state.started = false;
+      state.file = null;
+      $('previews').hidden = true;
+      $('timings').querySelector('tbody').replaceChildren();
+      for (const row of $('probabilities').children) {
+        row.classList.remove('top');
+        row.querySelector('.fill').style.width = '0%';
+        row.querySelector('.bar-value').textContent = '';
+      }
+      $('verdict-caption').textContent = 'The label appears here, decrypted in your browser.';
       for (const li of document.querySelectorAll('.step')) li.dataset.state = 'waiting';
       buildSteps();
       showNotice(

@@ -236,10 +236,14 @@ async function openSession(check) {
       if (r.status === 200) {
         session = await r.json();
         client = WasmClient.fromSecretKey(contractText, stored.secretKey.slice());
+        const since = new Date(stored.createdUnix * 1000).toLocaleTimeString();
+        const missing = session.keys_missing.length;
         post({
           type: 'notice',
           kind: 'info',
-          message: `Resumed your session from ${new Date(stored.createdUnix * 1000).toLocaleTimeString()}: its keys are reused, none are made again.`,
+          message: missing
+            ? `Resumed your session from ${since}: ${missing} of its ${contract.keys.length} keys were not uploaded yet and are made now.`
+            : `Resumed your session from ${since}: its keys are reused, none are made again.`,
         });
         return;
       }

@@ -4,7 +4,7 @@
 // stopped server give readable messages.
 
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
@@ -225,12 +225,14 @@ describe('a busy, then stopped server', () => {
   let browser;
   let page;
   let server;
+  let requests;
 
   before(async () => {
     server = await stoppable;
     await server.ready;
     browser = await launch();
     page = await browser.newPage({ viewport: VIEWPORT });
+    requests = captureRequests(page);
     await page.goto(server.url);
     await sessionReady(page);
   });
@@ -249,6 +251,40 @@ describe('a busy, then stopped server', () => {
     assert.equal(await page.getAttribute('[data-testid=result]', 'data-state'), 'working');
     await shot(page, 'queue-full');
   });
+
+  for (const [how, index] of [['dropped', 4], ['pasted', 5]]) {
+    test(`an image ${how} on the page takes the same path`, async () => {
+      const file = cifarPng(index);
+      const base64 = readFileSync(file.path).toString('base64');
+      const mark = requests.length;
+      await page.evaluate(
+        ([how, name, base64]) => {
+          const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+          const data = new DataTransfer();
+          data.items.add(new File([bytes], name, { type: 'image/png' }));
+          if (how === 'dropped') {
+            const drop = document.querySelector('[data-testid=image-input]').closest('label');
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+              drop.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+            }
+          } else {
+            document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true }));
+          }
+        },
+        [how, file.name, base64],
+      );
+      await page.waitForFunction(
+        (name) => document.getElementById('original-caption').textContent.startsWith(name),
+        file.name,
+        { timeout: 10_000 },
+      );
+      assert.equal(await page.getAttribute('[data-testid=result]', 'data-state'), 'working');
+      // its ciphertext is sent (and refused: the queue is full)
+      for (let i = 0; i < 100 && jobPosts(requests.slice(mark)).length === 0; i++) await page.waitForTimeout(200);
+      assert.equal(jobPosts(requests.slice(mark)).length, 1);
+      await notice(page, /queue is full/);
+    });
+  }
 
   test('a server stopped mid-session gives a readable message', async () => {
     await server.stop();
