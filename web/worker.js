@@ -296,7 +296,10 @@ async function uploadKeys(check) {
     await request(`/api/sessions/${session.id}/keys/${k}`, {
       method: 'PUT',
       headers: { 'Content-Type': 'application/octet-stream' },
-      body: bytes,
+      // A Blob, not the array: Chromium sends a Blob body from the browser process, an array
+      // body through the renderer's upload pipe, 4-6x slower (a 28 MB key: 0.14-0.22 s as a Blob,
+      // 0.8-0.9 s as an array; headless Chromium on the 2-core VM).
+      body: new Blob([bytes]),
     });
     upload.seconds += (now() - t0) / 1000;
     upload.sent += 1;
@@ -499,7 +502,7 @@ async function classify({ job, name, rgba, width, height }) {
           request(`/api/sessions/${session.id}/jobs`, {
             method: 'POST',
             headers: { 'Content-Type': 'application/octet-stream' },
-            body: ciphertext,
+            body: new Blob([ciphertext]),
           }),
         );
       } catch (e) {

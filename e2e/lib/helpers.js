@@ -3,6 +3,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { request as httpRequest, createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -95,7 +96,7 @@ export async function startServer(extraArgs = []) {
   return server;
 }
 
-/** Every request the page (and its workers) makes, with its body. */
+/** Every request the page (and its workers) makes, with its body where the browser reports one. */
 export function captureRequests(page) {
   const requests = [];
   page.on('request', (r) => {
@@ -108,6 +109,41 @@ export function captureRequests(page) {
     requests.push({ method: r.method(), url: r.url(), body });
   });
   return requests;
+}
+
+/**
+ * An HTTP proxy in front of `target` that records every request with its whole body, as it
+ * arrives over the network: what the page really sends. (The browser's own request events carry
+ * no body for a Blob upload, which is how the page sends keys and images.) Responses, the event
+ * stream included, pass through as they come.
+ */
+export async function recordingProxy(target) {
+  const upstream = new globalThis.URL(target);
+  const requests = [];
+  const server = createHttpServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      requests.push({ method: req.method, url: `${target}${req.url}`, body });
+      const up = httpRequest(
+        { host: upstream.hostname, port: upstream.port, method: req.method, path: req.url, headers: req.headers },
+        (r) => {
+          res.writeHead(r.statusCode, r.headers);
+          r.pipe(res);
+        },
+      );
+      up.on('error', () => res.destroy());
+      up.end(body);
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    close: () => new Promise((resolve) => { server.closeAllConnections(); server.close(resolve); }),
+  };
 }
 
 /** The result panel's state (idle | working | done | error). */

@@ -13,6 +13,7 @@ import {
   ARTIFACTS,
   URL,
   captureRequests,
+  recordingProxy,
   cifarPng,
   corruptPng,
   mb,
@@ -55,6 +56,7 @@ const sessionReady = (page, timeout = 180_000) =>
 describe('one session in the page', () => {
   let browser;
   let page;
+  let proxy;
   let requests;
   let contract;
   const consoleErrors = [];
@@ -64,13 +66,15 @@ describe('one session in the page', () => {
     browser = await launch();
     page = await browser.newPage({ viewport: VIEWPORT });
     page.on('pageerror', (e) => consoleErrors.push(e.message));
-    requests = captureRequests(page);
-    await page.goto(URL);
+    proxy = await recordingProxy(URL);
+    requests = proxy.requests;
+    await page.goto(proxy.url);
   });
 
   after(async () => {
     writeFileSync(join(ARTIFACTS, 'measurements.json'), JSON.stringify(measured, null, 2));
     await browser?.close();
+    await proxy?.close();
   });
 
   test('an unreadable image gives a readable message', async () => {
