@@ -37,3 +37,59 @@ fn encrypt_rotate_decrypt() {
         assert!((got[i].re - v[(i + 1) % v.len()]).abs() < 1e-2, "slot {i}");
     }
 }
+
+/// A measurement, not a test (ignored; run it with `-- --include-ignored`): key generation at the
+/// peers' N16_D20 set in this wasm build, beside `../shared/peers/node_seal_bench.mjs` in the same
+/// node. Prints the median of 5 rotation keys (alone, and with their wire bytes as `makeKey`
+/// makes them) and of 3 relinearization keys.
+#[wasm_bindgen_test]
+#[ignore = "a benchmark: prints timings"]
+fn key_generation_timing_n16_d20() {
+    let ctx = Context::named("N16_D20").unwrap();
+    let sk = SecretKey::generate(&ctx);
+    let top = ctx.max_level();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let time = |f: &mut dyn FnMut()| {
+        let t0 = js_sys::Date::now();
+        f();
+        js_sys::Date::now() - t0
+    };
+    let rot: Vec<f64> = (0..5)
+        .map(|i| {
+            time(&mut || {
+                let key = KeyGenerator::new(&ctx, &sk)
+                    .rotation_key(1 + i, top)
+                    .unwrap();
+                assert_eq!(key.level(), top);
+            })
+        })
+        .collect();
+    // what the browser's `makeKey` does: the key, then its seeded, bit-packed wire form
+    let rot_bytes: Vec<f64> = (0..5)
+        .map(|i| {
+            time(&mut || {
+                let key = KeyGenerator::new(&ctx, &sk)
+                    .rotation_key(1 + i, top)
+                    .unwrap();
+                assert!(!key.to_bytes(&ctx).unwrap().is_empty());
+            })
+        })
+        .collect();
+    let relin: Vec<f64> = (0..3)
+        .map(|_| {
+            time(&mut || {
+                KeyGenerator::new(&ctx, &sk).relin_key(top).unwrap();
+            })
+        })
+        .collect();
+    console_log!(
+        "N16_D20 in wasm: rotation key {:.0} ms (median of 5; {:.0} ms with its wire bytes), relinearization key {:.0} ms (median of 3), {} bytes each",
+        median(rot),
+        median(rot_bytes),
+        median(relin),
+        wire::switching_key_size(&ctx, top).unwrap()
+    );
+}
