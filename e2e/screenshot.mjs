@@ -7,18 +7,16 @@
 //   node e2e/screenshot.mjs            # writes docs/screenshot.png (a run takes a few minutes)
 // Chromium is Debian's /usr/bin/chromium (or $CHROMIUM), as for the browser tests.
 
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { launch } from './lib/browser.js';
 import { encodePng } from './lib/cifar.js';
+import { startServer } from './lib/server.js';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const BIN = join(ROOT, 'target/release/blindsight');
-const WEB = join(ROOT, 'web');
 const OUT = join(ROOT, 'docs/screenshot.png');
 const VIEWPORT = { width: 1200, height: 900 };
 const MAX_BYTES = 250_000;
@@ -29,7 +27,7 @@ function fail(message) {
 }
 
 if (!existsSync(BIN)) fail(`${BIN} is missing: cargo build --release -p blindsight-server --bin blindsight`);
-if (!existsSync(join(WEB, 'pkg/blindsight_wasm_client_bg.wasm'))) fail('web/pkg is missing: bash scripts/build-web.sh');
+if (!existsSync(join(ROOT, 'web/pkg/blindsight_wasm_client_bg.wasm'))) fail('web/pkg is missing: bash scripts/build-web.sh');
 
 // ---------------------------------------------------------------- the picture
 
@@ -93,51 +91,20 @@ function drawAirplane(side) {
 
 // ---------------------------------------------------------------- the server
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitHealthy(url, child, log) {
-  for (let i = 0; i < 2400; i++) {
-    if (child.exitCode !== null || child.signalCode) throw new Error(`the server exited:\n${log()}`);
-    try {
-      if ((await fetch(`${url}/api/health`)).ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`the server did not answer in 600 s:\n${log()}`);
-}
-
 // ---------------------------------------------------------------- the run
 
 const scratch = mkdtempSync(join(tmpdir(), 'blindsight-shot-'));
 const file = { name: 'airplane.png', path: join(scratch, 'airplane.png') };
 writeFileSync(file.path, encodePng(drawAirplane(256)));
 
-const port = await freePort();
-const url = `http://127.0.0.1:${port}`;
-const server = spawn(BIN, ['serve', '--addr', `127.0.0.1:${port}`, '--data-dir', join(scratch, 'data'), '--web', WEB], {
-  stdio: ['ignore', 'pipe', 'pipe'],
-});
-let log = '';
-server.stdout.on('data', (d) => (log += d));
-server.stderr.on('data', (d) => (log += d));
-const exited = new Promise((resolve) => server.on('exit', resolve));
+const server = await startServer(BIN, join(scratch, 'data'), [], { readySeconds: 600 });
+const url = server.url;
 
 let browser;
 let status = 0;
 try {
   console.error(`screenshot: starting blindsight serve at ${url} (the plan takes a while)`);
-  await waitHealthy(url, server, () => log);
+  await server.ready;
   browser = await launch();
   const page = await browser.newPage({ viewport: VIEWPORT, deviceScaleFactor: 1 });
   const errors = [];
@@ -171,8 +138,7 @@ try {
   status = 1;
 } finally {
   await browser?.close();
-  if (server.exitCode === null && !server.signalCode) server.kill('SIGTERM');
-  await exited;
+  await server.stop('SIGTERM');
   rmSync(scratch, { recursive: true, force: true });
 }
 process.exit(status);

@@ -42,6 +42,14 @@ impl Client {
         Self::with_key(ctx, contract, sk)
     }
 
+    /// [`Client::new`] with the contract's context already at hand (it is checked against it, not
+    /// built again: a context at N = 2^16 is a few hundred milliseconds of tables).
+    pub fn with_context(ctx: Arc<Context>, contract: ClientContract) -> Result<Self, ClientError> {
+        contract.check(&ctx)?;
+        let sk = SecretKey::generate(&ctx);
+        Self::with_key(ctx, contract, sk)
+    }
+
     /// A client for `contract` with a secret key exported earlier by
     /// [`Client::secret_key_bytes`] (another worker of the same page, or a reload).
     pub fn from_secret_key(contract: ClientContract, bytes: &[u8]) -> Result<Self, ClientError> {

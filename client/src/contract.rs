@@ -133,14 +133,23 @@ impl ClientContract {
     /// relies on against it: the fingerprint, the layouts' slot count, the key list (indices,
     /// levels, Galois elements, sizes) and the image shape.
     pub fn context(&self) -> Result<std::sync::Arc<Context>, ClientError> {
+        let ctx = Context::named(&self.params.name)?;
+        self.check(&ctx)?;
+        Ok(ctx)
+    }
+
+    /// [`ClientContract::context`]'s checks against a context the caller already has (the
+    /// server's own, in `bench` and the tests), without building another one.
+    pub fn check(&self, ctx: &Context) -> Result<(), ClientError> {
         if self.version != CONTRACT_VERSION {
             return Err(ClientError::Version {
                 expected: CONTRACT_VERSION,
                 found: self.version,
             });
         }
-        let ctx = Context::named(&self.params.name)?;
-        if hex(ctx.fingerprint()) != self.params.fingerprint {
+        if ctx.params().name() != self.params.name
+            || hex(ctx.fingerprint()) != self.params.fingerprint
+        {
             return Err(ClientError::Fingerprint(self.params.name.clone()));
         }
         let bad = |m: String| Err(ClientError::Contract(m));
@@ -173,7 +182,7 @@ impl ClientContract {
         let wire = |r: Result<usize, blindsight_core::CkksError>| r.map_err(ClientError::from);
         if self.input.bytes
             != wire(blindsight_core::wire::ciphertext_size(
-                &ctx,
+                ctx,
                 self.input.level,
                 1,
                 true,
@@ -188,7 +197,7 @@ impl ClientContract {
             if key.index != k {
                 return bad(format!("key {k} has index {}", key.index));
             }
-            if key.bytes != wire(blindsight_core::wire::switching_key_size(&ctx, key.level))? {
+            if key.bytes != wire(blindsight_core::wire::switching_key_size(ctx, key.level))? {
                 return bad(format!("key {k}: the size does not match its level"));
             }
             if let KeyPurpose::Rotation {
@@ -203,7 +212,7 @@ impl ClientContract {
                 }
             }
         }
-        Ok(ctx)
+        Ok(())
     }
 
     /// The key of index `k`.

@@ -7,7 +7,6 @@
 
 use crate::error::CkksError;
 use crate::rns::RnsPoly;
-use crate::scale::scales_equal;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ciphertext {
@@ -57,7 +56,6 @@ impl Ciphertext {
     /// error, never a silent change of the message.
     pub fn pin_scale(&mut self, scale: f64) -> Result<(), CkksError> {
         crate::scale::check_scales(self.scale, scale)?;
-        debug_assert!(scales_equal(self.scale, scale));
         self.scale = scale;
         Ok(())
     }

@@ -1,14 +1,14 @@
 // What the tests share: the server under test, test images, the page's hooks, request capture.
 
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpRequest, createServer as createHttpServer } from 'node:http';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { cifarImage, encodePng } from './cifar.js';
+import { startServer as startServerAt } from './server.js';
 
 export const URL = process.env.BLINDSIGHT_URL;
 export const BIN = process.env.BLINDSIGHT_BIN;
@@ -47,53 +47,11 @@ export function plaintextLabel(path) {
   return m[1].trim();
 }
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from './server.js';
 
 /** Another `blindsight serve` of the tests' own (one they may stop), with its own data dir. */
-export async function startServer(extraArgs = []) {
-  const port = await freePort();
-  const dataDir = mkdtempSync(join(scratch, 'data-'));
-  const url = `http://127.0.0.1:${port}`;
-  const child = spawn(BIN, ['serve', '--addr', `127.0.0.1:${port}`, '--data-dir', dataDir, '--web', new globalThis.URL('../../web', import.meta.url).pathname, ...extraArgs], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let log = '';
-  child.stdout.on('data', (d) => (log += d));
-  child.stderr.on('data', (d) => (log += d));
-  const exited = new Promise((resolve) => child.on('exit', resolve));
-  const server = {
-    url,
-    child,
-    log: () => log,
-    ready: (async () => {
-      for (let i = 0; i < 1200; i++) {
-        if (child.exitCode !== null || child.signalCode) throw new Error(`the server exited:\n${log}`);
-        try {
-          const r = await fetch(`${url}/api/health`);
-          if (r.ok) return;
-        } catch {
-          // not listening yet
-        }
-        await new Promise((r) => setTimeout(r, 250));
-      }
-      throw new Error(`the server did not answer in 300 s:\n${log}`);
-    })(),
-    async stop() {
-      if (child.exitCode === null && !child.signalCode) child.kill('SIGKILL');
-      await exited;
-    },
-  };
-  server.ready.catch(() => {}); // reported where awaited
-  return server;
+export function startServer(extraArgs = []) {
+  return startServerAt(BIN, mkdtempSync(join(scratch, 'data-')), extraArgs);
 }
 
 /** Every request the page (and its workers) makes, with its body where the browser reports one. */

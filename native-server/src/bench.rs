@@ -44,7 +44,7 @@ impl Session {
         let plan = Plan::new(model, &ctx)?;
         let contract = client_contract(model, &plan, &ctx)?;
         let t0 = Instant::now();
-        let client = Client::new(contract.clone())?;
+        let client = Client::with_context(ctx.clone(), contract.clone())?;
         let keys = client.evaluation_keys()?;
         Ok(Self {
             ctx,

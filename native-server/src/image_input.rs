@@ -48,8 +48,7 @@ pub fn model_input(bytes: &[u8], model: &Model) -> Result<Vec<f64>, ImageInputEr
 /// decoding is ours, the rest is the client's code (`blindsight_client::image`), which the browser
 /// runs on canvas pixels, so both sides make the same tensor from the same picture.
 pub fn load_rgb8(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, ImageInputError> {
-    let (mut image, orientation) = decode(bytes)?;
-    image.apply_orientation(orientation);
+    let image = decode(bytes)?;
     let rgb = if image.color().has_alpha() {
         over_white(&image.into_rgba8())
     } else {
@@ -61,9 +60,7 @@ pub fn load_rgb8(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, Imag
 /// Decodes `bytes` (upright, by its EXIF orientation) to RGBA8: what a browser's canvas gives
 /// the page, for clients that then run the browser's code (`Client::encrypt_rgba`).
 pub fn decode_rgba(bytes: &[u8]) -> Result<image::RgbaImage, ImageInputError> {
-    let (mut image, orientation) = decode(bytes)?;
-    image.apply_orientation(orientation);
-    Ok(image.into_rgba8())
+    Ok(decode(bytes)?.into_rgba8())
 }
 
 /// Model input sizes are validated to fit memory; one beyond u32 saturates and no image matches it.
@@ -71,7 +68,8 @@ fn dim(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn decode(bytes: &[u8]) -> Result<(DynamicImage, Orientation), ImageInputError> {
+/// The image, upright by its EXIF orientation.
+fn decode(bytes: &[u8]) -> Result<DynamicImage, ImageInputError> {
     if bytes.is_empty() {
         return Err(ImageInputError::Empty);
     }
@@ -94,8 +92,9 @@ fn decode(bytes: &[u8]) -> Result<(DynamicImage, Orientation), ImageInputError> 
     }
     // A damaged EXIF block should not cost the user the image: it is then shown as stored.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let image = DynamicImage::from_decoder(decoder).map_err(ImageInputError::Decode)?;
-    Ok((image, orientation))
+    let mut image = DynamicImage::from_decoder(decoder).map_err(ImageInputError::Decode)?;
+    image.apply_orientation(orientation);
+    Ok(image)
 }
 
 #[cfg(test)]

@@ -175,7 +175,8 @@ pub(crate) mod tests {
     /// the logits against the plaintext logits.
     fn check_against_plaintext(model: &Model, ctx: &Arc<Context>, tolerance: f64) {
         let plan = Plan::new(model, ctx).unwrap();
-        let client = Client::new(client_contract(model, &plan, ctx).unwrap()).unwrap();
+        let client =
+            Client::with_context(ctx.clone(), client_contract(model, &plan, ctx).unwrap()).unwrap();
         let keys = client.evaluation_keys().unwrap();
         let input: Vec<f64> = weights(model.input_shape().size(), 77, 1.8)
             .into_iter()
