@@ -383,7 +383,7 @@ function onWorker(msg) {
         document.querySelector('.session').dataset.state = 'error';
         $('session-text').textContent = 'Server unreachable';
       }
-      showError(msg.message, { retry: msg.code === 'unreachable' || msg.code === 'job_failed' });
+      showError(msg.message, { retry: ['unreachable', 'job_failed', 'job_lost'].includes(msg.code) });
       break;
     case 'forgotten':
       state.started = false;

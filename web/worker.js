@@ -580,6 +580,8 @@ async function classify({ job, name, rgba, width, height }) {
             detail: `${layers} layers, ${ev.seconds.toFixed(1)} s on the server`,
           });
           return true;
+        } else if (name === 'failed' && ev.code === 'job_lost') {
+          throw new Failure('job_lost', 'The server restarted before your image was done. Your keys are still there: press Try again to send the image again.');
         } else if (name === 'failed') {
           throw new Failure('job_failed', `The server could not evaluate the image: ${ev.error}`);
         }

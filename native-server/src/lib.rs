@@ -4,7 +4,8 @@
 //! ([`api`]). The network code knows nothing of HTTP.
 //!
 //! With the default feature `client`, also the benchmark pipeline ([`bench`]), which runs the
-//! client half in the same process, and a native client of the API ([`remote`]). Without it nothing here can name a secret key: that is the
+//! client half in the same process, a native client of the API ([`remote`]) and a load
+//! generator over it ([`load`]). Without it nothing here can name a secret key: that is the
 //! build the serving code is checked in.
 
 pub mod api;
@@ -14,6 +15,8 @@ pub mod cifar;
 pub mod contract;
 pub mod he;
 pub mod image_input;
+#[cfg(feature = "client")]
+pub mod load;
 pub mod model;
 pub mod plain;
 #[cfg(feature = "client")]

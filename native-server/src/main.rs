@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use blindsight_server::api::listener::{self, ConnLimits};
 use blindsight_server::api::routes::router;
 use blindsight_server::api::{AppState, ServeConfig};
 use blindsight_server::bench::{self, BenchReport, Session};
@@ -16,6 +17,7 @@ use blindsight_server::he::bsgs::sum_rotation_count;
 use blindsight_server::he::infer::evaluate;
 use blindsight_server::he::plan::{Plan, StepKind};
 use blindsight_server::image_input::model_input;
+use blindsight_server::load::{LoadConfig, LoadImage};
 use blindsight_server::model::Model;
 use blindsight_server::plain::{forward, softmax};
 use blindsight_server::remote::{Progress, RemoteSession};
@@ -45,6 +47,35 @@ enum Command {
     /// Serve the HTTP API and the web page: clients upload evaluation keys and encrypted images,
     /// the server returns encrypted logits. It never sees an image, a label or a secret key.
     Serve(ServeArgs),
+    /// Load a running server: K sessions upload keys at once, then J jobs go in at once (more
+    /// than its queue holds). Checks that every job finishes once with the plaintext label and
+    /// reports 503s, Retry-After and the server's memory against its budgets (JSON).
+    Load(LoadArgs),
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// The server, e.g. http://127.0.0.1:8080
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// Sessions opened at once, each uploading every key.
+    #[arg(long, default_value_t = 4)]
+    sessions: usize,
+    /// Jobs submitted at once, spread over the sessions.
+    #[arg(long, default_value_t = 12)]
+    jobs: usize,
+    /// CIFAR-10 directory the images come from (test batch records 0, 1, ...).
+    #[arg(long, value_name = "DIR", default_value = "../shared/data/cifar10")]
+    data: PathBuf,
+    /// Distinct images used, cycled over the jobs.
+    #[arg(long, default_value_t = 4)]
+    images: usize,
+    /// The model the server runs, for the plaintext labels [default: the built-in model].
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Write the report as JSON to FILE as well.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -83,6 +114,21 @@ struct ServeArgs {
     /// first; their keys stay on disk).
     #[arg(long, default_value_t = 2048)]
     key_memory_mb: u64,
+    /// MB that request bodies being read may hold at once (beyond, uploads wait, then get 503).
+    #[arg(long, default_value_t = 512)]
+    upload_memory_mb: u64,
+    /// Connections served at once (more wait in the kernel's backlog).
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, default_value_t = 20)]
+    header_timeout: u64,
+    /// Seconds an upload may send nothing before it is cut off (408).
+    #[arg(long, default_value_t = 30)]
+    body_idle_timeout: u64,
+    /// Seconds an upload may take in all.
+    #[arg(long, default_value_t = 600)]
+    upload_timeout: u64,
 }
 
 #[derive(Args)]
@@ -159,6 +205,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan(&args),
         Command::Bench(args) => bench(&args),
         Command::Serve(args) => serve(&args),
+        Command::Load(args) => load(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -346,10 +393,21 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         queue: args.queue,
         threads: args.threads,
         max_sessions: args.max_sessions,
-        session_ttl: std::time::Duration::from_secs(args.session_ttl),
+        session_ttl: Duration::from_secs(args.session_ttl),
+        // at least twice per TTL, so that a session is gone within 1.5 TTLs of its last use
+        sweep_every: Duration::from_secs(args.session_ttl.div_ceil(2).clamp(1, 30)),
         key_memory: args.key_memory_mb << 20,
+        upload_memory: args.upload_memory_mb << 20,
+        body_idle_timeout: Duration::from_secs(args.body_idle_timeout),
+        upload_timeout: Duration::from_secs(args.upload_timeout),
+        connections: ConnLimits {
+            max_connections: args.max_connections,
+            header_timeout: Duration::from_secs(args.header_timeout),
+            ..ConnLimits::default()
+        },
         ..ServeConfig::default()
     };
+    let limits = config.connections.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -364,13 +422,75 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             "Blindsight is serving {} at http://{addr}/",
             state.model_name
         );
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        listener::serve(listener, router(state), limits, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+fn load(args: &LoadArgs) -> anyhow::Result<()> {
+    let model = std::sync::Arc::new(load_model(args.model.as_deref())?);
+    cifar::check_model(&model)?;
+    let records = cifar::read(&cifar::test_batch(&args.data, false), 0, args.images.max(1))?;
+    let images = records
+        .iter()
+        .map(|r| {
+            let plane = cifar::SIDE * cifar::SIDE;
+            let rgba = (0..plane)
+                .flat_map(|i| {
+                    [
+                        r.pixels[i],
+                        r.pixels[plane + i],
+                        r.pixels[2 * plane + i],
+                        255,
+                    ]
+                })
+                .collect();
+            LoadImage {
+                rgba,
+                width: cifar::SIDE as u32,
+                height: cifar::SIDE as u32,
+            }
+        })
+        .collect();
+    let config = LoadConfig {
+        server: args.server.clone(),
+        sessions: args.sessions.max(1),
+        jobs: args.jobs,
+        images,
+        model,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(blindsight_server::load::run(config))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{json}");
+    if !report.all_good() {
+        anyhow::bail!("the server lost, repeated or mislabelled jobs under load (see the report)");
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn step_bar(len: u64, msg: &'static str) -> ProgressBar {

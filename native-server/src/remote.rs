@@ -23,6 +23,8 @@ pub enum RemoteError {
         status: u16,
         code: String,
         message: String,
+        /// Seconds, from a 503's `Retry-After`.
+        retry_after: Option<u64>,
     },
     #[error("{0}")]
     Transport(String),
@@ -46,6 +48,9 @@ struct Created {
 struct Submitted {
     job: String,
 }
+
+/// Times a submission waits out a full queue before giving up.
+const BUSY_TRIES: usize = 60;
 
 /// A connection to one server.
 pub struct Remote {
@@ -86,13 +91,18 @@ impl Remote {
             return Ok(res);
         }
         let status = res.status();
+        let retry_after = res
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let body = res
             .into_body()
             .collect()
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        Err(api_error(status, &body))
+        Err(api_error(status, &body, retry_after))
     }
 
     /// A request whose whole answer is read.
@@ -159,6 +169,45 @@ impl Remote {
         Ok(s.job)
     }
 
+    /// Submits, waiting out 503s (a full queue) as `Retry-After` says, up to `BUSY_TRIES` times.
+    pub async fn submit_waiting(&self, session: &str, ct: &[u8]) -> Result<String, RemoteError> {
+        let mut tries = 0;
+        loop {
+            match self.submit(session, ct.to_vec()).await {
+                Err(RemoteError::Api {
+                    status: 503,
+                    retry_after,
+                    ..
+                }) if tries < BUSY_TRIES => {
+                    tries += 1;
+                    let wait = retry_after.unwrap_or(5).clamp(1, 60);
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Follows a job to its end like [`Remote::follow`], connecting again (for up to a minute)
+    /// when the stream breaks or the server cannot be reached, as while it restarts.
+    pub async fn follow_through(
+        &self,
+        job: &str,
+        progress: &mut impl FnMut(Progress),
+    ) -> Result<Vec<ServerEvent>, RemoteError> {
+        let mut broken = 0;
+        loop {
+            match self.follow(job, |e| progress(Progress::Event(e))).await {
+                Err(RemoteError::Transport(e)) if broken < 60 => {
+                    broken += 1;
+                    tracing::debug!("following job {job} again: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Follows the job's events until `done` or `failed`, calling `on_event` for each; returns the
     /// events in order.
     pub async fn follow(
@@ -218,13 +267,14 @@ fn parse_event(block: &str) -> Option<ServerEvent> {
     })
 }
 
-fn api_error(status: StatusCode, body: &[u8]) -> RemoteError {
+fn api_error(status: StatusCode, body: &[u8], retry_after: Option<u64>) -> RemoteError {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let field = |k: &str| v["error"][k].as_str().unwrap_or_default().to_string();
     RemoteError::Api {
         status: status.as_u16(),
         code: field("code"),
         message: field("message"),
+        retry_after,
     }
 }
 
@@ -281,20 +331,50 @@ impl RemoteSession {
         mut progress: impl FnMut(Progress),
     ) -> Result<(Prediction, Vec<ServerEvent>), RemoteError> {
         let ct = tokio::task::block_in_place(|| self.client.encrypt_rgba(rgba, width, height))?;
-        let job = self.remote.submit(&self.id, ct).await?;
-        let events = self
-            .remote
-            .follow(&job, |e| progress(Progress::Event(e)))
-            .await?;
-        if let Some(e) = events.iter().find(|e| e.event == "failed") {
-            return Err(RemoteError::Api {
-                status: 500,
-                code: "job_failed".into(),
-                message: e.data["error"].as_str().unwrap_or_default().to_string(),
-            });
-        }
-        let result = self.remote.result(&job).await?;
+        let (_, events, result) = self.run_job(ct, &mut progress).await?;
         let prediction = tokio::task::block_in_place(|| self.client.decrypt_result(&result))?;
         Ok((prediction, events))
+    }
+
+    /// Submits a ciphertext, follows its job to the end and downloads the result: the job id,
+    /// its events and the encrypted logits. A full queue is waited out as its `Retry-After`
+    /// says; an event stream that breaks (the server restarting) is followed again; a job the
+    /// server lost in a restart (`job_lost`, or its result gone) is submitted again, once.
+    pub async fn run_job(
+        &self,
+        ct: Vec<u8>,
+        progress: &mut impl FnMut(Progress),
+    ) -> Result<(String, Vec<ServerEvent>, Bytes), RemoteError> {
+        let mut resubmitted = false;
+        loop {
+            let job = self.remote.submit_waiting(&self.id, &ct).await?;
+            let events = self.remote.follow_through(&job, progress).await?;
+            let Some(failed) = events.iter().find(|e| e.event == "failed") else {
+                match self.remote.result(&job).await {
+                    Ok(result) => return Ok((job, events, result)),
+                    Err(RemoteError::Api {
+                        status: 404 | 410, ..
+                    }) if !resubmitted => {
+                        resubmitted = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let code = failed.data["code"].as_str().unwrap_or("job_failed");
+            if code == "job_lost" && !resubmitted {
+                resubmitted = true;
+                continue;
+            }
+            return Err(RemoteError::Api {
+                status: 500,
+                code: code.to_string(),
+                message: failed.data["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                retry_after: None,
+            });
+        }
     }
 }

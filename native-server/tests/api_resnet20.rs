@@ -61,7 +61,16 @@ async fn two_images_through_http_match_the_plaintext_labels() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = router(state.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = tokio::spawn(async move {
+        blindsight_server::api::listener::serve(
+            listener,
+            app,
+            Default::default(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap()
+    });
 
     let mut uploaded = Vec::new();
     let session = RemoteSession::open(&url, |p| {

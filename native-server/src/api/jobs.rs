@@ -5,6 +5,7 @@
 //! them all, then waits for more.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::api::error::ApiError;
+use crate::api::journal::Journal;
 use crate::api::metrics::Metrics;
 use crate::api::sessions::SessionStore;
 use crate::he::infer::evaluate;
@@ -43,7 +45,10 @@ pub enum JobEvent {
         seconds: f64,
         bytes: usize,
     },
+    /// `code` is stable for programs: `job_lost` (the server restarted before the job
+    /// finished: send the image again), or the error code of what failed.
     Failed {
+        code: String,
         error: String,
     },
 }
@@ -76,6 +81,17 @@ pub struct Job {
 }
 
 impl Job {
+    fn new(session: &str, input: Option<Ciphertext>) -> Self {
+        Self {
+            session: session.to_string(),
+            input: Mutex::new(input),
+            events: Mutex::new(Vec::new()),
+            result: Mutex::new(None),
+            changed: watch::channel(0).0,
+            finished: Mutex::new(None),
+        }
+    }
+
     fn push(&self, e: JobEvent) {
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         events.push(e);
@@ -118,6 +134,8 @@ pub struct QueueConfig {
     pub capacity: usize,
     /// How long a finished job's result is kept.
     pub result_ttl: Duration,
+    /// Where the journal of accepted jobs is kept.
+    pub journal: PathBuf,
 }
 
 struct QueueState {
@@ -127,11 +145,18 @@ struct QueueState {
     stopping: bool,
     /// Workers take no new job while paused (a drain, or a test that needs a full queue).
     paused: bool,
+    /// Recent job time (moving average; none before the first job ends), for the
+    /// `Retry-After` of a full queue.
+    job_seconds: Option<f64>,
 }
+
+/// What a full queue's `Retry-After` assumes before any job has finished.
+const FIRST_GUESS_SECONDS: f64 = 30.0;
 
 /// The queue and its workers.
 pub struct JobQueue {
     config: QueueConfig,
+    journal: Journal,
     state: Mutex<QueueState>,
     wake: Condvar,
 }
@@ -146,16 +171,32 @@ pub struct Engine {
 }
 
 impl JobQueue {
-    /// The queue, with `config.workers` worker threads evaluating on one rayon pool.
-    pub fn start(config: QueueConfig, engine: Engine) -> Arc<Self> {
+    /// The queue, with `config.workers` worker threads evaluating on one rayon pool. Jobs the
+    /// journal says a previous run accepted and never finished are known from the start, as
+    /// failed with `job_lost`.
+    pub fn start(config: QueueConfig, engine: Engine) -> std::io::Result<Arc<Self>> {
+        let (journal, lost) = Journal::open(&config.journal)?;
+        let mut jobs = HashMap::new();
+        for (id, entry) in lost {
+            tracing::warn!(job = %id, session = %entry.session, "lost in a restart");
+            let job = Job::new(&entry.session, None);
+            job.push(JobEvent::Failed {
+                code: "job_lost".into(),
+                error: "the server restarted before this job finished; send the image again".into(),
+            });
+            *job.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            jobs.insert(id, Arc::new(job));
+        }
         let queue = Arc::new(Self {
             config,
+            journal,
             state: Mutex::new(QueueState {
                 waiting: VecDeque::new(),
                 running: 0,
-                jobs: HashMap::new(),
+                jobs,
                 stopping: false,
                 paused: false,
+                job_seconds: None,
             }),
             wake: Condvar::new(),
         });
@@ -164,10 +205,9 @@ impl JobQueue {
             let (q, e) = (queue.clone(), engine.clone());
             std::thread::Builder::new()
                 .name(format!("blindsight-worker-{w}"))
-                .spawn(move || q.work(&e))
-                .expect("starting a worker thread");
+                .spawn(move || q.work(&e))?;
         }
-        queue
+        Ok(queue)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
@@ -178,26 +218,26 @@ impl JobQueue {
     pub fn submit(&self, session: &str, input: Ciphertext) -> Result<(JobId, usize), ApiError> {
         let mut st = self.lock();
         if st.waiting.len() >= self.config.capacity {
+            // a place opens when a running job ends: on average within one job's time
+            let job = st.job_seconds.unwrap_or(FIRST_GUESS_SECONDS);
+            let retry = (job / self.config.workers.max(1) as f64).ceil();
             return Err(ApiError::busy(
                 "queue_full",
                 format!(
-                    "{} jobs are waiting, the most this server queues; try again shortly",
+                    "{} jobs are waiting, the most this server queues; try again in {retry} s",
                     st.waiting.len()
                 ),
-                30,
+                retry.clamp(1.0, 300.0) as u64,
             ));
         }
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).map_err(|e| ApiError::internal(format!("randomness: {e}")))?;
         let id = blindsight_client::hex(&raw);
-        let job = Arc::new(Job {
-            session: session.to_string(),
-            input: Mutex::new(Some(input)),
-            events: Mutex::new(Vec::new()),
-            result: Mutex::new(None),
-            changed: watch::channel(0).0,
-            finished: Mutex::new(None),
-        });
+        self.journal.record(&id, session).map_err(|e| {
+            tracing::error!("journal: {e}");
+            ApiError::internal("recording the job: storage error")
+        })?;
+        let job = Arc::new(Job::new(session, Some(input)));
         let position = st.waiting.len();
         job.push(JobEvent::Queued { position });
         st.jobs.insert(id.clone(), job);
@@ -306,12 +346,18 @@ impl JobQueue {
                         .jobs_failed
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, "failed");
-                    job.push(JobEvent::Failed { error: e.message });
+                    job.push(JobEvent::Failed {
+                        code: e.code.into(),
+                        error: e.message,
+                    });
                 }
             }
+            self.journal.finish(&id);
             *job.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             let _ = engine.sessions.touch(&job.session);
-            self.lock().running -= 1;
+            let mut st = self.lock();
+            st.running -= 1;
+            st.job_seconds = Some(st.job_seconds.map_or(seconds, |m| 0.7 * m + 0.3 * seconds));
         }
     }
 }

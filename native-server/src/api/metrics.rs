@@ -17,6 +17,11 @@ pub struct Metrics {
     pub jobs_rejected: AtomicU64,
     pub keys_accepted: AtomicU64,
     pub keys_rejected: AtomicU64,
+    /// Bodies being read now (a gauge kept by `routes::read_body`).
+    pub uploads_in_flight: AtomicU64,
+    pub uploads_timed_out: AtomicU64,
+    /// Uploads refused because the upload memory stayed full.
+    pub uploads_busy: AtomicU64,
     latency: Mutex<Histogram>,
 }
 
@@ -34,6 +39,24 @@ pub struct Gauges {
     pub key_bytes_in_memory: u64,
     pub queue_depth: usize,
     pub running: usize,
+    /// Bytes of upload memory reserved now, and the budget.
+    pub upload_bytes_reserved: u64,
+    pub upload_budget: u64,
+    pub key_memory_budget: u64,
+}
+
+/// The process's resident memory now and at its peak (Linux `/proc/self/status`; zeros
+/// elsewhere).
+pub fn resident_memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 impl Metrics {
@@ -69,6 +92,11 @@ impl Metrics {
             g.key_bytes_in_memory as f64,
         );
         gauge(
+            "blindsight_key_memory_budget_bytes",
+            "Bytes of evaluation keys the server keeps loaded at most (one session always fits).",
+            g.key_memory_budget as f64,
+        );
+        gauge(
             "blindsight_queue_depth",
             "Jobs waiting to run.",
             g.queue_depth as f64,
@@ -79,6 +107,45 @@ impl Metrics {
             g.running as f64,
         );
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (rss, peak) = resident_memory();
+        gauge(
+            "blindsight_resident_bytes",
+            "Resident memory of the server process.",
+            rss as f64,
+        );
+        gauge(
+            "blindsight_peak_resident_bytes",
+            "Peak resident memory of the server process since it started.",
+            peak as f64,
+        );
+        gauge(
+            "blindsight_uploads_in_flight",
+            "Request bodies being read now.",
+            load(&self.uploads_in_flight) as f64,
+        );
+        gauge(
+            "blindsight_upload_bytes_reserved",
+            "Bytes of upload memory reserved by bodies being read.",
+            g.upload_bytes_reserved as f64,
+        );
+        gauge(
+            "blindsight_upload_budget_bytes",
+            "Upload memory budget.",
+            g.upload_budget as f64,
+        );
+        let _ = writeln!(
+            s,
+            "# HELP blindsight_uploads_refused_total Uploads cut off or refused.\n# TYPE blindsight_uploads_refused_total counter"
+        );
+        for (reason, v) in [
+            ("timeout", load(&self.uploads_timed_out)),
+            ("busy", load(&self.uploads_busy)),
+        ] {
+            let _ = writeln!(
+                s,
+                "blindsight_uploads_refused_total{{reason=\"{reason}\"}} {v}"
+            );
+        }
         let _ = writeln!(
             s,
             "# HELP blindsight_jobs_total Jobs by outcome.\n# TYPE blindsight_jobs_total counter"

@@ -12,11 +12,14 @@
 
 pub mod error;
 pub mod jobs;
+pub mod journal;
+pub mod listener;
 pub mod metrics;
 pub mod routes;
 pub mod sessions;
 #[cfg(all(test, feature = "client"))]
 mod tests;
+pub mod uploads;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,8 +32,10 @@ use crate::contract::client_contract;
 use crate::he::plan::Plan;
 use crate::model::Model;
 use jobs::{Engine, JobQueue, QueueConfig};
+use listener::ConnLimits;
 use metrics::Metrics;
 use sessions::{SessionStore, StoreConfig};
+use uploads::UploadBudget;
 
 /// Everything `blindsight serve` can be told.
 #[derive(Debug, Clone)]
@@ -50,6 +55,16 @@ pub struct ServeConfig {
     pub key_memory: u64,
     /// How often expired sessions and results are swept.
     pub sweep_every: Duration,
+    /// Bytes all request bodies being read may hold at once.
+    pub upload_memory: u64,
+    /// How long an upload waits for upload memory before a 503.
+    pub upload_wait: Duration,
+    /// A body that sends nothing for this long is cut off (408).
+    pub body_idle_timeout: Duration,
+    /// A body that takes longer than this in all is cut off (408).
+    pub upload_timeout: Duration,
+    /// Connections at once and the time to send headers.
+    pub connections: ConnLimits,
 }
 
 impl Default for ServeConfig {
@@ -66,6 +81,11 @@ impl Default for ServeConfig {
             result_ttl: Duration::from_secs(600),
             key_memory: 2 << 30,
             sweep_every: Duration::from_secs(30),
+            upload_memory: 512 << 20,
+            upload_wait: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(30),
+            upload_timeout: Duration::from_secs(600),
+            connections: ConnLimits::default(),
         }
     }
 }
@@ -78,6 +98,7 @@ pub struct AppState {
     pub sessions: Arc<SessionStore>,
     pub queue: Arc<JobQueue>,
     pub metrics: Arc<Metrics>,
+    pub uploads: UploadBudget,
     pub config: ServeConfig,
     pub model_name: String,
 }
@@ -115,6 +136,7 @@ impl AppState {
                 workers: config.jobs,
                 capacity: config.queue,
                 result_ttl: config.result_ttl,
+                journal: config.data_dir.join("jobs"),
             },
             Engine {
                 ctx: ctx.clone(),
@@ -123,7 +145,7 @@ impl AppState {
                 metrics: metrics.clone(),
                 pool,
             },
-        );
+        )?;
         Ok(Arc::new(Self {
             ctx,
             contract,
@@ -131,6 +153,7 @@ impl AppState {
             sessions,
             queue,
             metrics,
+            uploads: UploadBudget::new(config.upload_memory),
             config,
             model_name: model.metadata().name.clone(),
         }))

@@ -2,6 +2,7 @@
 //! queue (never to tokio's threads), and answers JSON, bytes or server-sent events.
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -17,7 +18,7 @@ use serde_json::json;
 use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::api::error::ApiError;
 use crate::api::jobs::JobEvent;
@@ -58,7 +59,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         DefaultPredicate::new().and(NotForContentType::const_new("application/octet-stream"));
     router
         .layer(CompressionLayer::new().compress_when(compress))
-        .layer(TraceLayer::new_for_http())
+        // a 503 at a stated capacity is not a server fault: warn, not error
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+        )
         .with_state(state)
 }
 
@@ -126,9 +131,9 @@ async fn put_key(
     });
     let (k, limit) = match target {
         Ok(t) => t,
-        Err(e) => return Err(refuse(&s, &headers, body, e).await),
+        Err(e) => return Err(refuse(&s, body, e).await),
     };
-    let bytes = read_body(&headers, body, limit).await?;
+    let bytes = read_body(&s, &headers, body, limit).await?;
     let st = s.clone();
     let result = blocking(move || st.sessions.put_key(&id, k, &bytes)).await;
     let counter = if result.is_ok() {
@@ -147,10 +152,10 @@ async fn submit_job(
     body: Body,
 ) -> Result<Response, ApiError> {
     if let Err(e) = check_id(&id).and_then(|()| s.sessions.check_complete(&id)) {
-        return Err(refuse(&s, &headers, body, e).await);
+        return Err(refuse(&s, body, e).await);
     }
     let spec = &s.contract.input;
-    let bytes = read_body(&headers, body, spec.bytes).await?;
+    let bytes = read_body(&s, &headers, body, spec.bytes).await?;
     let st = s.clone();
     let ct = blocking(move || {
         let spec = &st.contract.input;
@@ -181,7 +186,7 @@ async fn submit_job(
 /// An upload refused before its body was read: the body (up to the largest object the contract
 /// has) is read and dropped first, so that the client, still sending, receives the reason
 /// instead of a reset connection.
-async fn refuse(s: &AppState, headers: &HeaderMap, body: Body, e: ApiError) -> ApiError {
+async fn refuse(s: &AppState, body: Body, e: ApiError) -> ApiError {
     let cap = s
         .contract
         .keys
@@ -190,7 +195,7 @@ async fn refuse(s: &AppState, headers: &HeaderMap, body: Body, e: ApiError) -> A
         .chain([s.contract.input.bytes])
         .max()
         .unwrap_or(0);
-    let _ = read_body(headers, body, cap).await;
+    drain_body(s, body, cap).await;
     e
 }
 
@@ -267,7 +272,10 @@ async fn job_result(State(s): St, Path(id): Path<String>) -> Result<Response, Ap
             .into_response());
     }
     match job.last_event() {
-        Some(JobEvent::Failed { error }) => {
+        Some(JobEvent::Failed { code, error }) if code == "job_lost" => {
+            Err(ApiError::new(StatusCode::GONE, "job_lost", error))
+        }
+        Some(JobEvent::Failed { error, .. }) => {
             Err(ApiError::internal(format!("the job failed: {error}")))
         }
         _ => Err(ApiError::conflict(
@@ -288,6 +296,9 @@ async fn metrics(State(s): St) -> Response {
             key_bytes_in_memory: memory,
             queue_depth: waiting,
             running,
+            upload_bytes_reserved: st.uploads.reserved_bytes(),
+            upload_budget: st.uploads.total_bytes(),
+            key_memory_budget: st.config.key_memory,
         })
     })
     .await
@@ -296,8 +307,16 @@ async fn metrics(State(s): St) -> Response {
 }
 
 /// Reads a body of at most `limit` bytes as it streams in: a declared or actual length beyond
-/// the limit is refused before more is read.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// the limit is refused before more is read. The bytes count against the server's upload
+/// memory (a 503 when it stays full), and a body that stalls for `body_idle_timeout` or takes
+/// longer than `upload_timeout` in all is cut off with 408, so slow or vanished clients hold
+/// neither memory nor a connection for long.
+async fn read_body(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -306,14 +325,31 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
         // a near miss is read and dropped so that the client gets the answer, not a reset
         // connection; a body far beyond the limit is not read at all
         if n <= 2 * limit as u64 {
-            let mut stream = body.into_data_stream();
-            while let Some(Ok(_)) = stream.next().await {}
+            drain_body(s, body, 2 * limit).await;
         }
         return Err(ApiError::too_large(limit));
     }
-    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let expect = declared.map_or(limit, |n| n as usize);
+    let _permit = match s.uploads.reserve(expect, s.config.upload_wait).await {
+        Ok(p) => p,
+        Err(e) => {
+            s.metrics.uploads_busy.fetch_add(1, Relaxed);
+            drain_body(s, body, limit).await;
+            return Err(e);
+        }
+    };
+    s.metrics.uploads_in_flight.fetch_add(1, Relaxed);
+    let _count = scopeguard(|| {
+        s.metrics.uploads_in_flight.fetch_sub(1, Relaxed);
+    });
+    let mut buf = Vec::with_capacity(expect);
+    let deadline = tokio::time::Instant::now() + s.config.upload_timeout;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let chunk = match next_chunk(s, &mut stream, deadline).await? {
+            Some(c) => c,
+            None => break,
+        };
         let chunk =
             chunk.map_err(|e| ApiError::bad_request("body", format!("reading the body: {e}")))?;
         if buf.len() + chunk.len() > limit {
@@ -322,6 +358,55 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
         buf.extend_from_slice(&chunk);
     }
     Ok(buf)
+}
+
+/// The next chunk of a body, within the idle and total timeouts.
+async fn next_chunk<S: Stream + Unpin>(
+    s: &AppState,
+    stream: &mut S,
+    deadline: tokio::time::Instant,
+) -> Result<Option<S::Item>, ApiError> {
+    let idle = tokio::time::Instant::now() + s.config.body_idle_timeout;
+    match tokio::time::timeout_at(idle.min(deadline), stream.next()).await {
+        Ok(item) => Ok(item),
+        Err(_) => {
+            s.metrics.uploads_timed_out.fetch_add(1, Relaxed);
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "upload_timeout",
+                format!(
+                    "the upload stalled for {} s or took longer than {} s; send it again",
+                    s.config.body_idle_timeout.as_secs(),
+                    s.config.upload_timeout.as_secs()
+                ),
+            ))
+        }
+    }
+}
+
+/// Reads and drops up to `cap` bytes of a body (within the same timeouts), holding no memory.
+async fn drain_body(s: &AppState, body: Body, cap: usize) {
+    let deadline = tokio::time::Instant::now() + s.config.upload_timeout;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    while let Ok(Some(Ok(chunk))) = next_chunk(s, &mut stream, deadline).await {
+        seen += chunk.len();
+        if seen > cap {
+            break;
+        }
+    }
+}
+
+/// Runs `f` when dropped: a counter that goes down on every path, errors and cancellation
+/// included.
+fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
+    struct Guard<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    Guard(f)
 }
 
 /// Runs CKKS or file work on tokio's blocking threads.

@@ -120,9 +120,7 @@ impl SessionStore {
                         && idle < self.config.idle_ttl
                         && sessions.len() < self.config.max_sessions =>
                 {
-                    let present = (0..self.contract.keys.len())
-                        .map(|k| key_path(&path, k).is_file())
-                        .collect();
+                    let present = self.restore_keys(&path);
                     let created = UNIX_EPOCH + Duration::from_secs(m.created_unix);
                     tracing::info!(session = %id, "restored from disk");
                     sessions.insert(
@@ -141,6 +139,37 @@ impl SessionStore {
             }
         }
         Ok(())
+    }
+
+    /// Which keys a restored session has: a key file counts only at its exact size (it was
+    /// renamed into place whole); temporaries a crash left mid-write are removed.
+    fn restore_keys(&self, dir: &Path) -> Vec<bool> {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if name.to_string_lossy().ends_with(".tmp") {
+                    tracing::info!(path = %e.path().display(), "removing a partial upload");
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        self.contract
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(k, spec)| {
+                let path = key_path(dir, k);
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() && m.len() == spec.bytes as u64 => true,
+                    Ok(_) => {
+                        tracing::warn!(path = %path.display(), "removing a key of the wrong size");
+                        let _ = std::fs::remove_file(&path);
+                        false
+                    }
+                    Err(_) => false,
+                }
+            })
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Session>> {
@@ -428,7 +457,7 @@ pub fn wire_error(e: WireError) -> ApiError {
 
 /// Writes `name` in `dir` through a temporary file and a rename: readers see the old file or
 /// the whole new one.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;

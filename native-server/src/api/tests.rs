@@ -36,7 +36,9 @@ async fn start(data_dir: &std::path::Path, queue: usize) -> Server {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = router(state.clone());
     let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        crate::api::listener::serve(listener, app, Default::default(), std::future::pending())
+            .await
+            .unwrap();
     });
     Server { state, url, task }
 }
@@ -140,6 +142,7 @@ async fn flow_bad_input_full_queue_and_restart() {
             status: 409,
             code,
             message,
+            ..
         }) => {
             assert_eq!(code, "missing_keys");
             assert!(
@@ -383,7 +386,11 @@ async fn the_page_is_served_with_wasm_mime_and_compression() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = router(state.clone());
-    let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let task = tokio::spawn(async move {
+        crate::api::listener::serve(listener, app, Default::default(), std::future::pending())
+            .await
+            .unwrap()
+    });
     let http = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
     let get = |path: &str, encoding: &str| {
         let req = hyper::Request::get(format!("{base}{path}"))
