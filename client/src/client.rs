@@ -154,13 +154,16 @@ impl Client {
         Ok(self.encrypt_tensor(&tensor)?.to_bytes(&self.ctx)?)
     }
 
-    /// The real parts of the slots of any ciphertext encrypted under this client's key.
-    pub fn decrypt_slots(&self, ct: &Ciphertext) -> Result<Vec<f64>, ClientError> {
-        Ok(decrypt(&self.ctx, ct, &self.sk)?
-            .decode(&self.ctx)?
-            .iter()
-            .map(|c| c.re)
-            .collect())
+    /// The real parts of the slots of any ciphertext encrypted under this client's key. Wiped
+    /// when dropped: all the slots of a decryption, with the ciphertext, give away the key.
+    pub fn decrypt_slots(&self, ct: &Ciphertext) -> Result<Zeroizing<Vec<f64>>, ClientError> {
+        Ok(Zeroizing::new(
+            decrypt(&self.ctx, ct, &self.sk)?
+                .decode(&self.ctx)?
+                .iter()
+                .map(|c| c.re)
+                .collect(),
+        ))
     }
 
     /// Decrypts the server's result and reads the logits from the contract's output layout.

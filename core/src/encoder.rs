@@ -5,12 +5,16 @@
 //! Precision: the transform is exact up to f64 rounding (about 2^-50 relative); encoding error is
 //! dominated by rounding coefficients to integers, 2^-1 / scale per coefficient, and is tested.
 
+use zeroize::Zeroizing;
+
 /// A complex number; CKKS needs only the arithmetic below.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Complex {
     pub re: f64,
     pub im: f64,
 }
+
+impl zeroize::DefaultIsZeroes for Complex {}
 
 impl Complex {
     pub const fn new(re: f64, im: f64) -> Self {
@@ -109,12 +113,16 @@ impl Encoder {
     }
 
     /// Polynomial coefficients (already centered, as reals) divided by `scale`, to slot values.
-    pub fn coeffs_to_slots(&self, coeffs: &[f64], scale: f64) -> Vec<Complex> {
+    /// Wiped when dropped: all N/2 slots of a decryption are an invertible transform of its
+    /// coefficients, and so as secret as they are (callers keep only the slots they need).
+    pub fn coeffs_to_slots(&self, coeffs: &[f64], scale: f64) -> Zeroizing<Vec<Complex>> {
         let slots = self.slots();
         assert_eq!(coeffs.len(), self.n);
-        let mut v: Vec<Complex> = (0..slots)
-            .map(|i| Complex::new(coeffs[i] / scale, coeffs[i + slots] / scale))
-            .collect();
+        let mut v: Zeroizing<Vec<Complex>> = Zeroizing::new(
+            (0..slots)
+                .map(|i| Complex::new(coeffs[i] / scale, coeffs[i + slots] / scale))
+                .collect(),
+        );
         self.special_fft(&mut v);
         v
     }

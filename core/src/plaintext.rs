@@ -1,5 +1,7 @@
 //! An encoded message: a polynomial over Q_l in NTT form, with its level and exact scale.
 
+use zeroize::Zeroizing;
+
 use crate::context::Context;
 use crate::encoder::Complex;
 use crate::error::CkksError;
@@ -12,6 +14,15 @@ pub struct Plaintext {
     pub(crate) level: usize,
     pub(crate) scale: f64,
     pub(crate) fingerprint: [u8; 32],
+}
+
+/// A decryption's plaintext gives away the secret key together with its ciphertext
+/// (`c1*s = m - c0`): every plaintext is wiped when dropped (a memset, small beside the NTTs that
+/// made it).
+impl Drop for Plaintext {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.poly);
+    }
 }
 
 impl Plaintext {
@@ -72,7 +83,9 @@ impl Plaintext {
 
     /// The N/2 slot values. Only as many limbs as the message is wide are transformed and
     /// reconstructed (verified against one more limb, all of them if that check fails).
-    pub fn decode(&self, ctx: &Context) -> Result<Vec<Complex>, CkksError> {
+    /// The slots are wiped when dropped (see `Encoder::coeffs_to_slots`), and so is every
+    /// intermediate form.
+    pub fn decode(&self, ctx: &Context) -> Result<Zeroizing<Vec<Complex>>, CkksError> {
         if &self.fingerprint != ctx.fingerprint() {
             return Err(CkksError::ParamsMismatch);
         }
@@ -82,13 +95,13 @@ impl Plaintext {
         let k = (1..=self.level).find(|&k| ctx.params().log_q_at(k - 1) >= wanted_bits);
         if let Some(k) = k {
             let sub = basis.slice(0..k + 1);
-            let mut coeff = self.poly.slice_limbs(0..k + 1);
+            let mut coeff = Zeroizing::new(self.poly.slice_limbs(0..k + 1));
             sub.inverse(&mut coeff);
             if let Some(centered) = sub.to_centered_f64_checked(&coeff, k) {
                 return Ok(ctx.encoder().coeffs_to_slots(&centered, self.scale));
             }
         }
-        let mut coeff = self.poly.clone();
+        let mut coeff = Zeroizing::new(self.poly.clone());
         basis.inverse(&mut coeff);
         let centered = basis.to_centered_f64(&coeff);
         Ok(ctx.encoder().coeffs_to_slots(&centered, self.scale))

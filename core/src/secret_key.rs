@@ -1,27 +1,25 @@
 //! The secret key: ternary coefficients from the OS-seeded CSPRNG, never serialized by the wire
-//! format, zeroized on drop. Only the client side builds this module (feature `secret-key`): the
-//! server's code cannot name it.
+//! format. Only the client side builds this module (feature `secret-key`): the server's code cannot
+//! name it.
+//!
+//! The key and every copy made of it (its residues at a level, with or without P) live in
+//! zeroizing types ([`SecretPoly`]), allocated once at their final size, so each is wiped when
+//! dropped, on every path: normal returns, `?` returns and unwinding panics.
 
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::context::Context;
 use crate::error::CkksError;
 use crate::rns::RnsPoly;
-use crate::sampler::{secure_rng, small_to_rns, ternary};
+use crate::sampler::{secure_rng, small_to_rns, ternary, SecretPoly};
 
-/// The secret key: ternary coefficients, and their NTT form over every prime (Q then P).
+/// The secret key: ternary coefficients, and their NTT form over every prime (Q then P). Both are
+/// wiped on drop.
 pub struct SecretKey {
-    coeffs: Vec<i8>,
+    coeffs: Zeroizing<Vec<i8>>,
     /// NTT form over q0..qL, p0..p(K-1).
-    ntt: RnsPoly,
+    ntt: SecretPoly,
     fingerprint: [u8; 32],
-}
-
-impl Drop for SecretKey {
-    fn drop(&mut self) {
-        self.coeffs.zeroize();
-        self.ntt.zeroize();
-    }
 }
 
 impl SecretKey {
@@ -32,16 +30,19 @@ impl SecretKey {
     }
 
     /// NTT form over q0..q_level (no P).
-    pub(crate) fn at_q(&self, level: usize) -> RnsPoly {
-        self.ntt.slice_limbs(0..level + 1)
+    pub(crate) fn at_q(&self, level: usize) -> SecretPoly {
+        SecretPoly::new(self.ntt.slice_limbs(0..level + 1))
     }
 
-    /// NTT form over q0..q_level followed by P.
-    pub(crate) fn at_qp(&self, ctx: &Context, level: usize) -> RnsPoly {
-        let l_all = ctx.max_level() + 1;
-        let mut s = self.ntt.slice_limbs(0..level + 1);
-        s.extend_limbs(&self.ntt.slice_limbs(l_all..l_all + ctx.p_basis().len()));
-        s
+    /// NTT form over q0..q_level followed by P, copied once into a buffer of its final size.
+    pub(crate) fn at_qp(&self, ctx: &Context, level: usize) -> SecretPoly {
+        let nq = level + 1;
+        let p_start = ctx.max_level() + 1;
+        let limbs = nq + ctx.p_basis().len();
+        SecretPoly::new(RnsPoly::from_limbs(ctx.n(), limbs, |i, limb| {
+            let src = if i < nq { i } else { p_start + i - nq };
+            limb.copy_from_slice(self.ntt.limb(src));
+        }))
     }
 
     /// Hamming weight (for tests of the distribution).
@@ -64,7 +65,7 @@ impl SecretKey {
     }
 
     /// The inverse of [`SecretKey::to_secret_bytes`]: checks the fingerprint, the length and that
-    /// every coefficient is ternary.
+    /// every coefficient is ternary. `bytes` stay the caller's to wipe.
     pub fn from_secret_bytes(ctx: &Context, bytes: &[u8]) -> Result<Self, CkksError> {
         if bytes.len() != 32 + ctx.n() {
             return Err(CkksError::Layout(format!(
@@ -76,9 +77,10 @@ impl SecretKey {
         if &bytes[..32] != ctx.fingerprint() {
             return Err(CkksError::ParamsMismatch);
         }
-        let mut coeffs: Vec<i8> = bytes[32..].iter().map(|&b| b as i8).collect();
+        // exact size (a slice's iterator), so no reallocation leaves a copy behind
+        let coeffs: Zeroizing<Vec<i8>> =
+            Zeroizing::new(bytes[32..].iter().map(|&b| b as i8).collect());
         if coeffs.iter().any(|c| !(-1..=1).contains(c)) {
-            coeffs.zeroize();
             return Err(CkksError::Layout(
                 "secret key coefficients must be ternary".into(),
             ));
@@ -86,7 +88,7 @@ impl SecretKey {
         Ok(Self::from_coeffs(ctx, coeffs))
     }
 
-    fn from_coeffs(ctx: &Context, coeffs: Vec<i8>) -> Self {
+    fn from_coeffs(ctx: &Context, coeffs: Zeroizing<Vec<i8>>) -> Self {
         let all = ctx.q_basis().concat(ctx.p_basis());
         let mut ntt = small_to_rns(&all, &coeffs);
         all.forward(&mut ntt);

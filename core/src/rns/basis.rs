@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use zeroize::Zeroizing;
+
 use crate::arith::Modulus;
 use crate::ntt::{NttBackend, TfheNtt};
 use crate::par;
@@ -220,7 +222,7 @@ impl RnsBasis {
 
     /// Exact CRT reconstruction of a coefficient-form polynomial to centered values in (-Q/2, Q/2],
     /// as f64 (Garner's mixed radix: exact digits, one rounding at the end).
-    pub fn to_centered_f64(&self, p: &RnsPoly) -> Vec<f64> {
+    pub fn to_centered_f64(&self, p: &RnsPoly) -> Zeroizing<Vec<f64>> {
         self.check(p);
         self.garner(p, self.len(), None).expect("no check limb")
     }
@@ -228,12 +230,14 @@ impl RnsBasis {
     /// Reconstruction from the first `k` limbs only, verified against limb `k`: None if any
     /// coefficient's centered value does not fit below q0..q(k-1) (then more limbs are needed).
     /// Decoding needs only as many limbs as the message is wide, not the whole chain.
-    pub fn to_centered_f64_checked(&self, p: &RnsPoly, k: usize) -> Option<Vec<f64>> {
+    pub fn to_centered_f64_checked(&self, p: &RnsPoly, k: usize) -> Option<Zeroizing<Vec<f64>>> {
         assert!(k < self.len() && p.num_limbs() > k);
         self.garner(p, k, Some(k))
     }
 
-    fn garner(&self, p: &RnsPoly, k: usize, check: Option<usize>) -> Option<Vec<f64>> {
+    /// The exact centered coefficients of a decryption give away the secret key with the
+    /// ciphertext (`c1*s = m - c0`), so they and the digits are held in wiped buffers.
+    fn garner(&self, p: &RnsPoly, k: usize, check: Option<usize>) -> Option<Zeroizing<Vec<f64>>> {
         let m = &self.moduli;
         // inv[i][j] = q_j^-1 mod q_i for j < i
         let inv: Vec<Vec<u64>> = (0..k)
@@ -261,8 +265,8 @@ impl RnsBasis {
                 .fold(1u64, |acc, qi| mc.mul(acc, mc.reduce(qi.value())));
             (mc, q_mod, p.limb(c))
         });
-        let mut v = vec![0u64; k];
-        let mut out = Vec::with_capacity(self.n);
+        let mut v = Zeroizing::new(vec![0u64; k]);
+        let mut out = Zeroizing::new(Vec::with_capacity(self.n));
         for c in 0..self.n {
             for i in 0..k {
                 let mut x = p.limb(i)[c];
