@@ -422,6 +422,15 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             "Blindsight is serving {} at http://{addr}/",
             state.model_name
         );
+        let m = state.memory_limits();
+        tracing::info!(
+            "memory beyond the model and running evaluations: at most {} MB (keys {} MB, \
+             uploads {} MB, queued inputs {} MB)",
+            m["total"].as_u64().unwrap_or(0) >> 20,
+            m["key_memory_budget"].as_u64().unwrap_or(0) >> 20,
+            m["upload_budget"].as_u64().unwrap_or(0) >> 20,
+            m["queued_inputs"].as_u64().unwrap_or(0) >> 20,
+        );
         listener::serve(listener, router(state), limits, shutdown_signal()).await?;
         Ok(())
     })
@@ -630,11 +639,14 @@ fn plan(args: &PlanArgs) -> anyhow::Result<()> {
 
 /// The plan as a table: one row per step, then the keys.
 fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) -> String {
+    let p = ctx.params();
     let mut s = format!(
-        "parameters {}: N = {}, {} levels; input at level {}, scale 2^{:.0}\n",
+        "parameters {}: N = {}, {} levels, log2(QP) = {:.1} (128-bit bound {}); input at level {}, scale 2^{:.0}\n",
         plan.params,
         ctx.n(),
         ctx.max_level(),
+        p.log_qp(),
+        blindsight_core::params::max_log_qp_128(p.log_n()).unwrap_or(f64::NAN),
         plan.input_level,
         plan.input_scale.log2()
     );

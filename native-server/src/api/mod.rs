@@ -159,6 +159,21 @@ impl AppState {
         }))
     }
 
+    /// The memory the server holds beyond its model and the evaluations running: the budgets
+    /// it enforces, and what a full queue of inputs takes (each waiting job holds its
+    /// ciphertext in memory). Bytes.
+    pub fn memory_limits(&self) -> serde_json::Value {
+        let n = self.ctx.n() as u64;
+        let input = 2 * (self.contract.input.level as u64 + 1) * n * 8;
+        let queued = input * self.config.queue as u64;
+        serde_json::json!({
+            "key_memory_budget": self.config.key_memory,
+            "upload_budget": self.uploads.total_bytes(),
+            "queued_inputs": queued,
+            "total": self.config.key_memory + self.uploads.total_bytes() + queued,
+        })
+    }
+
     /// Sweeps expired sessions and results every `sweep_every`, off tokio's threads.
     pub fn spawn_sweeper(self: &Arc<Self>) {
         let state = self.clone();

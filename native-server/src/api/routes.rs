@@ -79,6 +79,7 @@ async fn health(State(s): St) -> Json<serde_json::Value> {
         "params": s.config.params,
         "sessions": s.sessions.len(),
         "queue": { "waiting": waiting, "running": running, "capacity": s.config.queue },
+        "memory": s.memory_limits(),
     }))
 }
 

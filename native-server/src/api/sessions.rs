@@ -356,6 +356,7 @@ impl SessionStore {
             }
         }
         self.check_complete(id)?;
+        self.make_room();
         let dir = self.dir(id);
         let mut keys = EvaluationKeys::new(&self.ctx);
         for (k, spec) in self.contract.keys.iter().enumerate() {
@@ -377,6 +378,21 @@ impl SessionStore {
             total -= b;
         }
         Ok(keys)
+    }
+
+    /// Unloads the least recently used sessions until one more fits the budget, before it is
+    /// loaded: every session of a contract takes the same memory, so the peak stays within the
+    /// budget (or one session, when the budget is smaller than that).
+    fn make_room(&self) {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(one) = loaded.last().map(|e| e.2) else {
+            return;
+        };
+        let mut total: u64 = loaded.iter().map(|e| e.2).sum();
+        while !loaded.is_empty() && total + one > self.config.memory_budget {
+            let (_, _, b) = loaded.remove(0);
+            total -= b;
+        }
     }
 
     fn unload(&self, id: &str) {
