@@ -6,7 +6,7 @@
 //! sides), and the plan hash changes whenever anything the client derives from the plan changes,
 //! so a stored session is never reused against a different plan.
 
-use blindsight_core::layout::SlotLayout;
+use blindsight_core::layout::{SlotLayout, SlotLayoutParts};
 use blindsight_core::{Context, KeyKind};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +18,9 @@ pub const CONTRACT_VERSION: u32 = 1;
 
 /// Largest contract accepted from the network (a ResNet-20 contract is a few KB).
 pub const MAX_CONTRACT_BYTES: usize = 1 << 20;
+
+/// Most slots a parameter set has: N/2 for N = 2^17, the largest ring with a security bound.
+pub const MAX_SLOTS: usize = 1 << 16;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientContract {
@@ -60,6 +63,7 @@ pub struct ImageSpec {
 /// the size of the uploaded (seeded) ciphertext.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputSpec {
+    #[serde(deserialize_with = "bounded_layout")]
     pub layout: SlotLayout,
     pub level: usize,
     pub scale: f64,
@@ -69,9 +73,29 @@ pub struct InputSpec {
 /// Where the logits are in the decrypted result, its level and its size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputSpec {
+    #[serde(deserialize_with = "bounded_layout")]
     pub layout: SlotLayout,
     pub level: usize,
     pub bytes: usize,
+}
+
+/// A slot layout read from a contract, its sizes bounded before the core validates it: in a valid
+/// layout every size is at most the slot count and the gap at most its square root, so this
+/// refuses nothing valid, and none of the validation's products can overflow (on wasm32 either).
+fn bounded_layout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SlotLayout, D::Error> {
+    use serde::de::Error;
+    let p = SlotLayoutParts::deserialize(d)?;
+    let sizes = [p.channels, p.height, p.width, p.block, p.row, p.blocks];
+    if p.slots > MAX_SLOTS
+        || sizes.iter().any(|&x| x > p.slots)
+        || p.gap.saturating_mul(p.gap) > p.slots
+    {
+        return Err(D::Error::custom(format!(
+            "slot layout sizes beyond its {} slots (at most {MAX_SLOTS})",
+            p.slots
+        )));
+    }
+    SlotLayout::try_from(p).map_err(D::Error::custom)
 }
 
 /// What an evaluation key switches to.
@@ -166,7 +190,11 @@ impl ClientContract {
             }
         }
         let img = &self.image;
-        if img.channels * img.height * img.width != self.input.layout.len()
+        let pixels = img
+            .channels
+            .checked_mul(img.height)
+            .and_then(|n| n.checked_mul(img.width));
+        if pixels != Some(self.input.layout.len())
             || img.mean.len() != img.channels
             || img.std.len() != img.channels
         {
@@ -223,8 +251,99 @@ impl ClientContract {
         })
     }
 
-    /// Bytes of all evaluation keys together: the upload a new session costs.
+    /// Bytes of all evaluation keys together: the upload a new session costs (saturating: an
+    /// unchecked contract may claim any sizes).
     pub fn key_bytes(&self) -> usize {
-        self.keys.iter().map(|k| k.bytes).sum()
+        self.keys
+            .iter()
+            .map(|k| k.bytes)
+            .fold(0, usize::saturating_add)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A contract for `ctx` as far as names, fingerprint and layouts go.
+    fn contract_for(ctx: &Context) -> ClientContract {
+        let slots = ctx.params().slots();
+        let layout = SlotLayout::dense(3, 8, 8, slots).unwrap();
+        ClientContract {
+            version: CONTRACT_VERSION,
+            params: ParamsSpec {
+                name: ctx.params().name().into(),
+                fingerprint: hex(ctx.fingerprint()),
+                ring_degree: ctx.n(),
+                slots,
+            },
+            model: "m".into(),
+            image: ImageSpec {
+                channels: 3,
+                height: 8,
+                width: 8,
+                mean: vec![0.5; 3],
+                std: vec![0.25; 3],
+            },
+            input: InputSpec {
+                layout: layout.clone(),
+                level: 0,
+                scale: 1.0,
+                bytes: 1,
+            },
+            keys: vec![KeySpec {
+                index: 0,
+                purpose: KeyPurpose::Relin,
+                level: 0,
+                bytes: 1,
+            }],
+            output: OutputSpec {
+                layout,
+                level: 0,
+                bytes: 1,
+            },
+            classes: vec!["a".into()],
+            plan_hash: "00".into(),
+        }
+    }
+
+    /// Fuzzing found it (`fuzz/regressions/contract/`): a layout gap whose square overflows
+    /// panicked in the core's layout validation (`gap * gap`) while the JSON was read.
+    #[test]
+    fn layout_sizes_that_overflow_are_errors() {
+        let ctx = Context::named("N12_TINY").unwrap();
+        let json = serde_json::to_string(&contract_for(&ctx)).unwrap();
+        assert!(ClientContract::from_json(json.as_bytes()).is_ok());
+        for (field, value) in [
+            ("gap", "4294967297"),
+            ("gap", "18446744073709551615"),
+            ("slots", "18446744073709551615"),
+            ("blocks", "18446744073709551615"),
+            ("block", "18446744073709551615"),
+        ] {
+            let from = format!("\"{field}\":");
+            let layout = json.find("\"layout\"").unwrap();
+            let at = layout + json[layout..].find(&from).unwrap() + from.len();
+            let end = at + json[at..].find([',', '}']).unwrap();
+            let bad = format!("{}{value}{}", &json[..at], &json[end..]);
+            assert!(
+                ClientContract::from_json(bad.as_bytes()).is_err(),
+                "{field} = {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn image_sizes_that_overflow_are_refused_by_check() {
+        let ctx = Context::named("N12_TINY").unwrap();
+        let mut c = contract_for(&ctx);
+        c.image.channels = usize::MAX;
+        c.image.height = 2;
+        assert!(
+            matches!(c.check(&ctx), Err(ClientError::Contract(m)) if m.contains("image shape"))
+        );
+        c.keys[0].bytes = usize::MAX;
+        c.keys.push(c.keys[0].clone());
+        assert_eq!(c.key_bytes(), usize::MAX);
     }
 }

@@ -286,7 +286,7 @@ impl SlotLayout {
         if [channels, height, width, slots, block, row, gap, blocks].contains(&0) {
             return bad("every size must be positive".into());
         }
-        let per_block = blocks.checked_mul(gap * gap);
+        let per_block = gap.checked_mul(gap).and_then(|g2| blocks.checked_mul(g2));
         if per_block.is_none_or(|p| p < channels) {
             return bad(format!(
                 "{channels} channels do not fit {blocks} blocks with gap {gap}"
@@ -649,6 +649,18 @@ mod tests {
         assert!(SlotLayout::try_from(SlotLayoutParts { blocks: 0, ..parts }).is_err());
         assert!(SlotLayout::try_from(SlotLayoutParts {
             slots: 1000,
+            ..parts
+        })
+        .is_err());
+        // sizes whose products overflow are refused, not a panic (found by the contract fuzzer)
+        assert!(SlotLayout::try_from(SlotLayoutParts {
+            gap: 14_294_967_296,
+            ..parts
+        })
+        .is_err());
+        assert!(SlotLayout::try_from(SlotLayoutParts {
+            gap: usize::MAX,
+            blocks: usize::MAX,
             ..parts
         })
         .is_err());

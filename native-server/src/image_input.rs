@@ -3,8 +3,9 @@
 //! antialiasing filter, normalize through `blindsight_core::layout`.
 //!
 //! Image files come from users, so decoded sizes are capped before any pixel buffer is allocated: a
-//! small file that claims enormous dimensions is refused, not decoded. As in `model`, errors carry
-//! their cause in the message rather than as a `source`.
+//! small file that claims enormous dimensions is refused, not decoded, and the decoders run with
+//! explicit limits (sides of [`MAX_SIDE`], [`MAX_DECODE_BYTES`] of allocations, output included).
+//! As in `model`, errors carry their cause in the message rather than as a `source`.
 
 use std::io::Cursor;
 
@@ -27,6 +28,8 @@ pub enum ImageInputError {
     TooLarge { width: u32, height: u32 },
     #[error("the image has no pixels ({width}x{height})")]
     NoPixels { width: u32, height: u32 },
+    #[error("the image exceeds the decoder's limits ({MAX_DECODE_BYTES} bytes, {MAX_SIDE} pixels per side): {0}")]
+    Limits(String),
     #[error("cannot decode the image: {0}")]
     Decode(image::ImageError),
     #[error("cannot normalize the image for this model: {0}")]
@@ -63,6 +66,28 @@ pub fn decode_rgba(bytes: &[u8]) -> Result<image::RgbaImage, ImageInputError> {
     Ok(decode(bytes)?.into_rgba8())
 }
 
+/// Bytes a decoder may allocate for one image, its output buffer included: the largest accepted
+/// image ([`MAX_PIXELS`]) at the widest pixel the decoders produce (16-bit RGBA, 8 bytes), and 64 MiB
+/// for the decoder's own buffers (rows, chunks, metadata).
+pub const MAX_DECODE_BYTES: u64 = MAX_PIXELS * 8 + (64 << 20);
+
+/// The decoders' limits: [`MAX_DECODE_BYTES`], and sides of at most `max_side`.
+fn decode_limits(max_side: Option<u32>) -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = max_side;
+    limits.max_image_height = max_side;
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits
+}
+
+/// A decoder's refusal: over a limit (the decoders name which) or not decodable.
+fn limit_error(e: image::ImageError) -> ImageInputError {
+    match e {
+        image::ImageError::Limits(e) => ImageInputError::Limits(e.to_string()),
+        e => ImageInputError::Decode(e),
+    }
+}
+
 /// Model input sizes are validated to fit memory; one beyond u32 saturates and no image matches it.
 fn dim(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -79,10 +104,12 @@ fn decode(bytes: &[u8]) -> Result<DynamicImage, ImageInputError> {
     if !matches!(reader.format(), Some(ImageFormat::Png | ImageFormat::Jpeg)) {
         return Err(ImageInputError::UnsupportedFormat);
     }
-    // The decoder's own limits are replaced by the checks below, which name the image's size; reading
-    // the header allocates nothing in proportion to it.
-    reader.no_limits();
-    let mut decoder = reader.into_decoder().map_err(ImageInputError::Decode)?;
+    // The dimensions are read from the header with only the allocation cap set (reading a header
+    // allocates nothing in proportion to the size it claims), so that an oversized image is named
+    // with its size; then the decoder gets every limit and the output buffer is reserved against
+    // the cap before a pixel is decoded.
+    reader.limits(decode_limits(None));
+    let mut decoder = reader.into_decoder().map_err(limit_error)?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(ImageInputError::NoPixels { width, height });
@@ -90,9 +117,14 @@ fn decode(bytes: &[u8]) -> Result<DynamicImage, ImageInputError> {
     if width > MAX_SIDE || height > MAX_SIDE || u64::from(width) * u64::from(height) > MAX_PIXELS {
         return Err(ImageInputError::TooLarge { width, height });
     }
+    let mut limits = decode_limits(Some(MAX_SIDE));
+    limits
+        .reserve(decoder.total_bytes())
+        .map_err(|_| ImageInputError::TooLarge { width, height })?;
+    decoder.set_limits(limits).map_err(limit_error)?;
     // A damaged EXIF block should not cost the user the image: it is then shown as stored.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(ImageInputError::Decode)?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(limit_error)?;
     image.apply_orientation(orientation);
     Ok(image)
 }
@@ -272,6 +304,60 @@ mod tests {
                 height: 8000
             })
         ));
+    }
+
+    /// A JPEG whose frame header (SOF0) claims `width x height`: the pixels are those of a 16x16 image.
+    fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
+        let mut bytes = encode(
+            RgbImage::from_pixel(16, 16, Rgb([9, 9, 9])).into(),
+            ImageFormat::Jpeg,
+        );
+        let sof = bytes
+            .windows(2)
+            .position(|w| w == [0xff, 0xc0])
+            .expect("a baseline frame header");
+        bytes[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        bytes[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn headers_claiming_huge_sizes_are_refused_by_the_limits() {
+        // PNG headers of the largest sides the format allows, made at run time: nothing decoded
+        for (w, h) in [(65_535, 65_535), ((1 << 31) - 1, 1), (1, (1 << 31) - 1)] {
+            let mut bytes = Vec::new();
+            {
+                let mut enc = png::Encoder::new(&mut bytes, w, h);
+                enc.set_color(png::ColorType::Rgba);
+                enc.set_depth(png::BitDepth::Sixteen);
+                let mut writer = enc.write_header().unwrap();
+                writer.write_chunk(png::chunk::IDAT, &[0x78, 0x9c]).unwrap();
+            }
+            // a row of 2^31 16-bit RGBA pixels is over the allocation cap before the size is known
+            match decode_rgba(&bytes) {
+                Err(ImageInputError::TooLarge { width, height }) => {
+                    assert_eq!((width, height), (w, h))
+                }
+                Err(ImageInputError::Limits(_)) if w.max(h) > 65_535 => {}
+                other => panic!("{w}x{h}: {other:?}"),
+            }
+        }
+        // a JPEG whose frame claims 60000x60000 (3.6 G pixels)
+        let jpeg = jpeg_claiming(60_000, 60_000);
+        assert!(matches!(
+            decode_rgba(&jpeg),
+            Err(ImageInputError::TooLarge {
+                width: 60_000,
+                height: 60_000
+            })
+        ));
+        // within the limits the same trick decodes (the JPEG decoder fills missing data), at the
+        // cost of the claimed size: what the limits allow
+        let jpeg = jpeg_claiming(2000, 1000);
+        match decode_rgba(&jpeg) {
+            Ok(img) => assert_eq!(img.dimensions(), (2000, 1000)),
+            Err(e) => assert!(matches!(e, ImageInputError::Decode(_)), "{e}"),
+        }
     }
 
     #[test]

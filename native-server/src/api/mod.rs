@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod journal;
 pub mod listener;
 pub mod metrics;
+pub mod path;
 pub mod routes;
 pub mod sessions;
 #[cfg(all(test, feature = "client"))]

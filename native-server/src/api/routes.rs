@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,8 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::api::error::ApiError;
 use crate::api::jobs::JobEvent;
-use crate::api::metrics::Gauges;
+use crate::api::metrics::{Gauges, Metrics};
+use crate::api::path::ApiPath;
 use crate::api::sessions::{unknown_session, valid_id, wire_error};
 use crate::api::AppState;
 
@@ -106,12 +107,15 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn session(State(s): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn session(State(s): St, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     check_id(&id)?;
     Ok(Json(s.sessions.status(&id)?).into_response())
 }
 
-async fn delete_session(State(s): St, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_session(
+    State(s): St,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
     check_id(&id)?;
     let st = s.clone();
     blocking(move || st.sessions.delete(&id)).await?;
@@ -120,7 +124,7 @@ async fn delete_session(State(s): St, Path(id): Path<String>) -> Result<StatusCo
 
 async fn put_key(
     State(s): St,
-    Path((id, k)): Path<(String, String)>,
+    ApiPath((id, k)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -148,7 +152,7 @@ async fn put_key(
 
 async fn submit_job(
     State(s): St,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -227,7 +231,7 @@ fn check_input(ct: &Ciphertext, level: usize, scale: f64) -> Result<(), ApiError
 
 async fn job_events(
     State(s): St,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let job = s.queue.job(&id)?;
     let rx = job.subscribe();
@@ -263,7 +267,7 @@ async fn job_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-async fn job_result(State(s): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn job_result(State(s): St, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     let job = s.queue.job(&id)?;
     if let Some(bytes) = job.result() {
         return Ok((
@@ -339,10 +343,7 @@ async fn read_body(
             return Err(e);
         }
     };
-    s.metrics.uploads_in_flight.fetch_add(1, Relaxed);
-    let _count = scopeguard(|| {
-        s.metrics.uploads_in_flight.fetch_sub(1, Relaxed);
-    });
+    let _in_flight = InFlight::new(&s.metrics);
     let mut buf = Vec::with_capacity(expect);
     let deadline = tokio::time::Instant::now() + s.config.upload_timeout;
     let mut stream = body.into_data_stream();
@@ -398,16 +399,21 @@ async fn drain_body(s: &AppState, body: Body, cap: usize) {
     }
 }
 
-/// Runs `f` when dropped: a counter that goes down on every path, errors and cancellation
-/// included.
-fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
-    struct Guard<F: FnMut()>(F);
-    impl<F: FnMut()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            (self.0)()
-        }
+/// Counts a body being read in `uploads_in_flight`, and stops counting it when dropped: on every
+/// path, errors and a client that goes away (the handler's future is dropped) included.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.uploads_in_flight.fetch_add(1, Relaxed);
+        Self(metrics)
     }
-    Guard(f)
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.uploads_in_flight.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Runs CKKS or file work on tokio's blocking threads.
