@@ -115,7 +115,7 @@ fn keys_one_at_a_time_and_the_encrypted_image_match_the_contract() {
     let got = client.client().decrypt_slots(&ct).unwrap();
     let err = want
         .iter()
-        .zip(&got)
+        .zip(got.iter())
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
     assert!(err < 1e-3, "the image decrypts with error {err}");
@@ -139,7 +139,7 @@ fn an_exported_secret_key_decrypts_what_the_first_client_encrypted() {
     let max_err = |client: &WasmClient| {
         let got = client.client().decrypt_slots(&ct).unwrap();
         want.iter()
-            .zip(&got)
+            .zip(got.iter())
             .map(|(a, b)| (a - b).abs())
             .fold(
                 0.0,
