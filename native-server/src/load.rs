@@ -252,20 +252,9 @@ async fn one_job(
         client.encrypt_rgba(&image.rgba, image.width, image.height)
     })?;
     let mut busy = Vec::new();
-    let job = loop {
-        match remote.submit(session, ct.clone()).await {
-            Err(RemoteError::Api {
-                status: 503,
-                retry_after,
-                ..
-            }) if busy.len() < 1000 => {
-                let wait = retry_after.unwrap_or(5);
-                busy.push(wait);
-                tokio::time::sleep(Duration::from_secs(wait.clamp(1, 60))).await;
-            }
-            other => break other?,
-        }
-    };
+    let job = remote
+        .submit_waiting(session, &ct, |wait| busy.push(wait))
+        .await?;
     let events = remote.follow(&job, |_| {}).await?;
     let label = if events.iter().any(|e| e.event == "done") {
         let bytes = remote.result(&job).await?;

@@ -169,8 +169,14 @@ impl Remote {
         Ok(s.job)
     }
 
-    /// Submits, waiting out 503s (a full queue) as `Retry-After` says, up to `BUSY_TRIES` times.
-    pub async fn submit_waiting(&self, session: &str, ct: &[u8]) -> Result<String, RemoteError> {
+    /// Submits, waiting out 503s (a full queue) as `Retry-After` says, up to `BUSY_TRIES` times;
+    /// `on_busy` hears each `Retry-After` (5 when the server gave none).
+    pub async fn submit_waiting(
+        &self,
+        session: &str,
+        ct: &[u8],
+        mut on_busy: impl FnMut(u64),
+    ) -> Result<String, RemoteError> {
         let mut tries = 0;
         loop {
             match self.submit(session, ct.to_vec()).await {
@@ -180,7 +186,9 @@ impl Remote {
                     ..
                 }) if tries < BUSY_TRIES => {
                     tries += 1;
-                    let wait = retry_after.unwrap_or(5).clamp(1, 60);
+                    let wait = retry_after.unwrap_or(5);
+                    on_busy(wait);
+                    let wait = wait.clamp(1, 60);
                     tokio::time::sleep(Duration::from_secs(wait)).await;
                 }
                 other => return other,
@@ -347,7 +355,7 @@ impl RemoteSession {
     ) -> Result<(String, Vec<ServerEvent>, Bytes), RemoteError> {
         let mut resubmitted = false;
         loop {
-            let job = self.remote.submit_waiting(&self.id, &ct).await?;
+            let job = self.remote.submit_waiting(&self.id, &ct, |_| {}).await?;
             let events = self.remote.follow_through(&job, progress).await?;
             let Some(failed) = events.iter().find(|e| e.event == "failed") else {
                 match self.remote.result(&job).await {

@@ -102,8 +102,16 @@ impl Drop for Server {
 
 /// An 8x8 RGBA test image (seeded) and the plaintext model's label for it.
 fn image(client: &Client, model: &Model, seed: u32) -> (Vec<u8>, usize) {
+    let rgba = pixels(seed);
+    let tensor = client.image_tensor(&rgba, 8, 8).unwrap();
+    let logits = plain::forward(model, &tensor).unwrap();
+    (rgba, blindsight_client::argmax(&logits))
+}
+
+/// 8x8 opaque RGBA pixels from a seed.
+fn pixels(seed: u32) -> Vec<u8> {
     let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
-    let rgba: Vec<u8> = (0..8 * 8 * 4)
+    (0..8 * 8 * 4)
         .map(|i| {
             x ^= x << 13;
             x ^= x >> 17;
@@ -114,10 +122,7 @@ fn image(client: &Client, model: &Model, seed: u32) -> (Vec<u8>, usize) {
                 (x >> 24) as u8
             }
         })
-        .collect();
-    let tensor = client.image_tensor(&rgba, 8, 8).unwrap();
-    let logits = plain::forward(model, &tensor).unwrap();
-    (rgba, blindsight_client::argmax(&logits))
+        .collect()
 }
 
 /// Sends `head` (and `body`) on a fresh connection and reads what comes back until the server
@@ -479,22 +484,10 @@ async fn load_beyond_the_queue_and_the_budgets_loses_nothing() {
         ],
     );
     let images = (0..3)
-        .map(|seed| {
-            let mut x = 77u32 + seed;
-            LoadImage {
-                rgba: (0..8 * 8 * 4)
-                    .map(|i| {
-                        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                        if i % 4 == 3 {
-                            255
-                        } else {
-                            (x >> 23) as u8
-                        }
-                    })
-                    .collect(),
-                width: 8,
-                height: 8,
-            }
+        .map(|seed| LoadImage {
+            rgba: pixels(77 + seed),
+            width: 8,
+            height: 8,
         })
         .collect();
     let report = load::run(LoadConfig {
