@@ -22,7 +22,8 @@ const state = {
   worker: null,
   contract: null,
   job: 0,
-  file: null,
+  files: [], // the images of the current job
+  thumbs: [], // what the model sees of each, as canvases
   picked: 0, // performance.now() at the pick
   stepsSeen: {},
   layers: 0,
@@ -188,19 +189,56 @@ function buildBars(classes) {
   }
 }
 
-function showResult(msg) {
-  const best = msg.probabilities[msg.index];
-  $('label').textContent = msg.label;
+/** The label and probability bars of one image of the result. */
+function showPrediction(msg, k) {
+  const p = msg.images[k];
+  const best = p.probabilities[p.index];
+  $('label').textContent = p.label;
   $('confidence').textContent = `${(best * 100).toFixed(1)}%`;
-  $('verdict-caption').textContent = `The model says, for ${msg.name}:`;
+  $('verdict-caption').textContent =
+    msg.images.length === 1 ? `The model says, for ${p.name}:` : `The model says, for ${p.name} (${k + 1} of ${msg.images.length}):`;
   const rows = $('probabilities').children;
-  msg.probabilities.forEach((p, i) => {
+  p.probabilities.forEach((q, i) => {
     const row = rows[i];
-    row.classList.toggle('top', i === msg.index);
-    row.querySelector('.fill').style.width = `${(p * 100).toFixed(2)}%`;
-    row.querySelector('.bar-value').textContent = p >= 0.001 ? `${(p * 100).toFixed(1)}%` : '<0.1%';
-    row.title = `${msg.classes[i]}: probability ${p.toFixed(4)}, logit ${msg.logits[i].toFixed(3)}`;
+    row.classList.toggle('top', i === p.index);
+    row.querySelector('.fill').style.width = `${(q * 100).toFixed(2)}%`;
+    row.querySelector('.bar-value').textContent = q >= 0.001 ? `${(q * 100).toFixed(1)}%` : '<0.1%';
+    row.title = `${msg.classes[i]}: probability ${q.toFixed(4)}, logit ${p.logits[i].toFixed(3)}`;
   });
+  for (const li of $('batch-results').children) li.classList.toggle('selected', Number(li.dataset.index) === k);
+}
+
+/** For a job of several images: a row per image (what the model saw, name, label), each
+ * showing its bars when clicked. */
+function showBatch(msg) {
+  const list = $('batch-results');
+  list.replaceChildren();
+  list.hidden = msg.images.length < 2;
+  if (list.hidden) return;
+  msg.images.forEach((p, k) => {
+    const li = el('li', 'batch-row');
+    li.dataset.index = k;
+    li.dataset.label = p.label;
+    li.tabIndex = 0;
+    const thumb = state.thumbs[k];
+    const canvas = el('canvas', 'batch-thumb');
+    if (thumb) {
+      canvas.width = thumb.width;
+      canvas.height = thumb.height;
+      canvas.getContext('2d').drawImage(thumb, 0, 0);
+    }
+    const best = p.probabilities[p.index];
+    li.append(canvas, el('span', 'batch-name', p.name), el('span', 'batch-label', p.label), el('span', 'batch-conf', `${(best * 100).toFixed(0)}%`));
+    const select = () => showPrediction(msg, k);
+    li.addEventListener('click', select);
+    li.addEventListener('keydown', (e) => (e.key === 'Enter' || e.key === ' ') && select());
+    list.append(li);
+  });
+}
+
+function showResult(msg) {
+  showBatch(msg);
+  showPrediction(msg, 0);
   const s = msg.steps;
   const k = msg.keys;
   const rowsData = [];
@@ -266,37 +304,61 @@ function drawThumb(bitmap) {
   ctx.imageSmoothingQuality = 'high';
   ctx.drawImage(bitmap, Math.floor((w - cw) / 2), Math.floor((h - ch) / 2), cw, ch, 0, 0, tw, th);
   $('thumb-caption').textContent = `What the model sees: ${tw}×${th}`;
+  const copy = document.createElement('canvas');
+  copy.width = tw;
+  copy.height = th;
+  copy.getContext('2d').drawImage(canvas, 0, 0);
+  return copy;
 }
 
-async function pick(file) {
-  if (!file) return;
+/** The images of one pick: every image file, at most as many as the server takes in one job. */
+function pickMany(files) {
+  const images = [...(files || [])].filter((f) => f instanceof File);
+  if (!images.length) return;
+  const max = state.contract?.batchMax || 1;
+  if (images.length > max) {
+    showNotice(`The server takes up to ${max} images in one job: the first ${max} of your ${images.length} go now.`);
+  }
+  pick(images.slice(0, max));
+}
+
+async function pick(files) {
+  if (!files || !files.length) return;
   const job = ++state.job;
-  state.file = file;
+  state.files = files;
+  state.thumbs = [];
+  const file = files[0];
+  const many = files.length > 1;
   state.picked = performance.now();
   clearError();
   resetImageSteps();
   setResultState('working');
   $('label').textContent = '…';
   $('confidence').textContent = '';
-  $('verdict-caption').textContent = `Working on ${file.name || 'the pasted image'}…`;
+  $('verdict-caption').textContent = many ? `Working on ${files.length} images…` : `Working on ${file.name || 'the pasted image'}…`;
+  $('batch-results').replaceChildren();
+  $('batch-results').hidden = true;
   $('timings').querySelector('tbody').replaceChildren();
   for (const row of $('probabilities').children) {
     row.classList.remove('top');
     row.querySelector('.fill').style.width = '0%';
     row.querySelector('.bar-value').textContent = '';
   }
-  let image;
-  try {
-    image = await decode(file);
-  } catch {
+  const decoded = [];
+  for (const f of files) {
+    try {
+      decoded.push(await decode(f));
+    } catch {
+      if (job !== state.job) return;
+      setResultState('error');
+      $('label').textContent = '—';
+      $('verdict-caption').textContent = many ? 'No result: one of the files is not an image.' : 'No result: the file is not an image.';
+      showError(`“${f.name || 'The pasted file'}” could not be read as an image. Pick PNG or JPEG files.`);
+      return;
+    }
     if (job !== state.job) return;
-    setResultState('error');
-    $('label').textContent = '—';
-    $('verdict-caption').textContent = 'No result: the file is not an image.';
-    showError(`“${file.name || 'The pasted file'}” could not be read as an image. Pick a PNG or JPEG file.`);
-    return;
   }
-  if (job !== state.job) return;
+  const image = decoded[0];
   const url = URL.createObjectURL(file);
   const original = $('original');
   if (original.dataset.url) URL.revokeObjectURL(original.dataset.url);
@@ -304,15 +366,18 @@ async function pick(file) {
   original.src = url;
   // small images (CIFAR's own 32x32) are shown enlarged, pixel for pixel
   original.classList.toggle('small', Math.max(image.bitmap.width, image.bitmap.height) < 160);
-  $('original-caption').textContent = `${file.name || 'Pasted image'} · ${image.bitmap.width}×${image.bitmap.height}`;
-  drawThumb(image.bitmap);
-  image.bitmap.close();
+  $('original-caption').textContent =
+    `${file.name || 'Pasted image'} · ${image.bitmap.width}×${image.bitmap.height}` + (many ? ` · and ${files.length - 1} more` : '');
+  // the first image last, so that its thumbnail is the one shown
+  for (let k = decoded.length - 1; k >= 0; k--) state.thumbs[k] = drawThumb(decoded[k].bitmap);
+  for (const d of decoded) d.bitmap.close();
   $('previews').hidden = false;
   ensureWorker();
   state.started = true;
+  const images = decoded.map((d, k) => ({ name: files[k].name || 'pasted image', rgba: d.rgba, width: d.width, height: d.height }));
   state.worker.postMessage(
-    { type: 'classify', job, name: file.name || 'pasted image', rgba: image.rgba, width: image.width, height: image.height },
-    [image.rgba.buffer],
+    { type: 'classify', job, images },
+    images.map((im) => im.rgba.buffer),
   );
 }
 
@@ -387,7 +452,9 @@ function onWorker(msg) {
       break;
     case 'forgotten':
       state.started = false;
-      state.file = null;
+      state.files = [];
+      $('batch-results').replaceChildren();
+      $('batch-results').hidden = true;
       $('previews').hidden = true;
       $('timings').querySelector('tbody').replaceChildren();
       for (const row of $('probabilities').children) {
@@ -422,7 +489,7 @@ function wire() {
   buildSteps();
   const input = $('image-input');
   input.addEventListener('change', () => {
-    pick(input.files[0]);
+    pickMany(input.files);
     input.value = '';
   });
   const drop = $('drop');
@@ -438,10 +505,10 @@ function wire() {
       if (type === 'drop' || e.relatedTarget === null) drop.classList.remove('over');
     });
   }
-  window.addEventListener('drop', (e) => pick(firstImage(e.dataTransfer.files)));
+  window.addEventListener('drop', (e) => pickMany(e.dataTransfer.files));
   window.addEventListener('paste', (e) => {
     const file = firstImage(e.clipboardData.items);
-    if (file) pick(file);
+    if (file) pick([file]);
   });
   $('forget').addEventListener('click', () => {
     clearError();
@@ -453,7 +520,7 @@ function wire() {
     state.worker.postMessage({ type: 'forget' });
   });
   $('retry').addEventListener('click', () => {
-    if (state.file) pick(state.file);
+    if (state.files.length) pick(state.files);
     else {
       clearError();
       state.worker.postMessage({ type: 'start' });

@@ -6,10 +6,11 @@
 //   deletes the session on the server and that copy.
 // - Evaluation keys are made one at a time and uploaded (PUT /api/sessions/{id}/keys/{k}); the
 //   next key is made while the previous one uploads, so at most two are in memory, never all.
-// - An image (RGBA pixels from the page) is encrypted, uploaded as a job, followed live through
-//   server-sent events, and its encrypted result is downloaded and decrypted here.
+// - Images (RGBA pixels from the page, up to the contract's batch.max at once) are encrypted, one
+//   ciphertext each, uploaded as one job, followed live through server-sent events, and the one
+//   encrypted result (every image's logits) is downloaded and decrypted here.
 //
-// Messages in:  {type: 'start'}, {type: 'classify', job, name, rgba, width, height},
+// Messages in:  {type: 'start'}, {type: 'classify', job, images: [{name, rgba, width, height}]},
 //               {type: 'forget'}
 // Messages out: {type: 'session', state, ...}, {type: 'step', job, step, ...}, {type: 'notice', ...},
 //               {type: 'result', job, ...}, {type: 'error', job?, code, message}
@@ -180,6 +181,7 @@ async function loadContract() {
     keyBytes: contract.keys.reduce((n, k) => n + k.bytes, 0),
     imageWidth: contract.image.width,
     imageHeight: contract.image.height,
+    batchMax: contract.batch ? contract.batch.max : 1,
   });
 }
 
@@ -444,7 +446,11 @@ async function follow(jobUrl, check, onEvent) {
   }
 }
 
-async function classify({ job, name, rgba, width, height }) {
+/** One job of one or more images (`images`: `{ name, rgba, width, height }`, at most the
+ * contract's `batch.max`): each is encrypted, the ciphertexts go up together, and the one result
+ * holds every image's logits. */
+async function classify({ job, images }) {
+  const name = images.length === 1 ? images[0].name : `${images.length} images`;
   const gen = ++generation;
   const t0 = now();
   const steps = {};
@@ -470,6 +476,10 @@ async function classify({ job, name, rgba, width, height }) {
     check();
     await ensureReady();
     check();
+    const max = contract.batch ? contract.batch.max : 1;
+    if (images.length > max) {
+      throw new Failure('batch_size', `The server takes at most ${max} images in one job; pick fewer.`);
+    }
     const keysThisImage = keySetups !== setupsBefore || !reusedKeys;
     if (!keysThisImage) {
       const n = contract.keys.length;
@@ -478,20 +488,30 @@ async function classify({ job, name, rgba, width, height }) {
     }
 
     for (let tries = 0; ; tries++) {
-      // encrypt
+      // encrypt, one ciphertext per image
       step('encrypt', { state: 'running', fraction: 0 });
       await sleep(0);
-      let e0 = now();
-      const ciphertext = client.encryptRgba(rgba, width, height);
+      const e0 = now();
+      const parts = [];
+      for (const [i, im] of images.entries()) {
+        parts.push(client.encryptRgba(im.rgba, im.width, im.height));
+        step('encrypt', { state: 'running', fraction: (i + 1) / images.length });
+        await sleep(0);
+        check();
+      }
       const encryptSeconds = (now() - e0) / 1000;
+      const ciphertext = new Blob(parts);
+      const first = images[0];
       step('encrypt', {
         state: 'done',
         fraction: 1,
         seconds: encryptSeconds,
-        bytes: ciphertext.length,
-        detail: `${width}×${height} → ${contract.image.width}×${contract.image.height}, normalized, packed`,
+        bytes: ciphertext.size,
+        detail:
+          images.length === 1
+            ? `${first.width}×${first.height} → ${contract.image.width}×${contract.image.height}, normalized, packed`
+            : `${images.length} images → ${contract.image.width}×${contract.image.height} each, normalized, packed: one ciphertext each`,
       });
-      check();
 
       // upload
       step('upload', { state: 'running', fraction: 0, bytes: 0 });
@@ -502,7 +522,7 @@ async function classify({ job, name, rgba, width, height }) {
           request(`/api/sessions/${session.id}/jobs`, {
             method: 'POST',
             headers: { 'Content-Type': 'application/octet-stream' },
-            body: new Blob([ciphertext]),
+            body: ciphertext,
           }),
         );
       } catch (e) {
@@ -535,8 +555,8 @@ async function classify({ job, name, rgba, width, height }) {
         state: 'done',
         fraction: 1,
         seconds: uploadSeconds,
-        bytes: ciphertext.length,
-        rate: ciphertext.length / Math.max(uploadSeconds, 1e-3),
+        bytes: ciphertext.size,
+        rate: ciphertext.size / Math.max(uploadSeconds, 1e-3),
       });
       check();
 
@@ -619,9 +639,10 @@ async function classify({ job, name, rgba, width, height }) {
       step('decrypt', { state: 'running', fraction: 0 });
       await sleep(0);
       const c0 = now();
-      const prediction = client.decryptResult(result.subarray(0, got));
+      const predictions = client.decryptBatchResult(result.subarray(0, got), images.length);
       const decryptSeconds = (now() - c0) / 1000;
       step('decrypt', { state: 'done', fraction: 1, seconds: decryptSeconds });
+      const prediction = predictions[0];
 
       post({
         type: 'result',
@@ -631,6 +652,14 @@ async function classify({ job, name, rgba, width, height }) {
         index: prediction.index,
         probabilities: prediction.probabilities,
         logits: prediction.logits,
+        // every image of the job, in the order picked
+        images: predictions.map((p, i) => ({
+          name: images[i].name,
+          label: p.label,
+          index: p.index,
+          probabilities: p.probabilities,
+          logits: p.logits,
+        })),
         classes: contract.classes,
         seconds: (now() - t0) / 1000,
         serverSeconds,

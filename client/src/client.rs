@@ -174,6 +174,24 @@ impl Client {
 
     /// The server's result bytes (size-checked against the contract) to a prediction.
     pub fn decrypt_result(&self, bytes: &[u8]) -> Result<Prediction, ClientError> {
+        let mut all = self.decrypt_batch_result(bytes, 1)?;
+        Ok(all.swap_remove(0))
+    }
+
+    /// The result of a job of `images` images (one ciphertext, see [`crate::BatchSpec`]) to one
+    /// prediction per image, in upload order.
+    pub fn decrypt_batch_result(
+        &self,
+        bytes: &[u8],
+        images: usize,
+    ) -> Result<Vec<Prediction>, ClientError> {
+        let batch = &self.contract.batch;
+        if !(1..=batch.max).contains(&images) {
+            return Err(ClientError::Contract(format!(
+                "a job holds 1 to {} images, not {images}",
+                batch.max
+            )));
+        }
         let ct = Ciphertext::from_bytes(&self.ctx, bytes, self.contract.output.bytes)?;
         if ct.level() != self.contract.output.level {
             return Err(ClientError::Contract(format!(
@@ -182,14 +200,28 @@ impl Client {
                 self.contract.output.level
             )));
         }
-        let logits = self.decrypt_logits(&ct)?;
-        // a result under another key decrypts to noise far beyond any logit, often not finite
-        if logits.iter().any(|x| !x.is_finite() || x.abs() > 1e6) {
-            return Err(ClientError::Contract(
-                "the result does not decrypt under this client's key".into(),
-            ));
-        }
-        Ok(self.predict(logits))
+        let slots = self.decrypt_slots(&ct)?;
+        let layout = &self.contract.output.layout;
+        // one image is evaluated as ever, its logits unshifted
+        let shifts = if images == 1 {
+            &[0][..]
+        } else {
+            &batch.shifts[..images]
+        };
+        shifts
+            .iter()
+            .map(|&shift| {
+                let logits = layout.extract_shifted(&slots, shift)?;
+                // a result under another key decrypts to noise far beyond any logit, often not
+                // finite
+                if logits.iter().any(|x| !x.is_finite() || x.abs() > 1e6) {
+                    return Err(ClientError::Contract(
+                        "the result does not decrypt under this client's key".into(),
+                    ));
+                }
+                Ok(self.predict(logits))
+            })
+            .collect()
     }
 
     /// Logits to probabilities and the label.

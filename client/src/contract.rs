@@ -22,6 +22,9 @@ pub const MAX_CONTRACT_BYTES: usize = 1 << 20;
 /// Most slots a parameter set has: N/2 for N = 2^17, the largest ring with a security bound.
 pub const MAX_SLOTS: usize = 1 << 16;
 
+/// Most images a contract may put in one job.
+pub const MAX_BATCH: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientContract {
     pub version: u32,
@@ -37,6 +40,30 @@ pub struct ClientContract {
     pub classes: Vec<String>,
     /// SHA-256 of the server's plan (hex).
     pub plan_hash: String,
+    /// How several images go in one job (absent in contracts of servers without batches).
+    #[serde(default)]
+    pub batch: BatchSpec,
+}
+
+/// Several images in one job: the upload is one input ciphertext per image, concatenated, and the
+/// result is one output ciphertext holding every image's logits, image `j` at the output layout
+/// shifted by `shifts[j]` slots (the server packs images into the slots one image leaves idle).
+/// A job of one image is evaluated as without batches: its logits are at the layout itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchSpec {
+    /// Most images in one job.
+    pub max: usize,
+    /// Where each image's logits sit, `max` shifts (in slots) of the output layout.
+    pub shifts: Vec<usize>,
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        Self {
+            max: 1,
+            shifts: vec![0],
+        }
+    }
 }
 
 /// The CKKS parameter set, by name and by the fingerprint of its exact primes.
@@ -200,6 +227,26 @@ impl ClientContract {
         {
             return bad("the image shape does not match the input layout".into());
         }
+        let b = &self.batch;
+        if !(1..=MAX_BATCH).contains(&b.max)
+            || b.shifts.len() != b.max
+            || b.shifts.iter().any(|&d| d >= slots)
+        {
+            return bad(format!(
+                "a batch of at most {} images needs as many shifts, each below the slots (at \
+                 most {MAX_BATCH} images)",
+                b.max
+            ));
+        }
+        let mut taken = vec![false; slots];
+        for &d in &b.shifts {
+            for i in 0..self.output.layout.len() {
+                let s = (self.output.layout.slot_of(i) + d) % slots;
+                if std::mem::replace(&mut taken[s], true) {
+                    return bad("two images of a batch share an output slot".into());
+                }
+            }
+        }
         if self.output.layout.len() != self.classes.len() {
             return bad(format!(
                 "{} classes for {} logits",
@@ -304,7 +351,46 @@ mod tests {
             },
             classes: vec!["a".into()],
             plan_hash: "00".into(),
+            batch: BatchSpec::default(),
         }
+    }
+
+    /// A batch spec must name one shift per image, the first 0, and place no two images' logits
+    /// in one slot; a contract without one (an older server) means one image per job.
+    #[test]
+    fn batch_specs_are_checked() {
+        let ctx = Context::named("N12_TINY").unwrap();
+        let base = contract_for(&ctx);
+        let err = |batch: BatchSpec| {
+            let mut c = base.clone();
+            c.batch = batch;
+            c.check(&ctx).unwrap_err().to_string()
+        };
+        let spec = |max, shifts: &[usize]| BatchSpec {
+            max,
+            shifts: shifts.to_vec(),
+        };
+        // the output layout holds 3 channels of 8x8 in blocks of 64 slots: shift 1 collides
+        for (bad, why) in [
+            (spec(2, &[0]), "shifts"),
+            (spec(0, &[]), "shifts"),
+            (spec(2, &[0, 1]), "share an output slot"),
+            (spec(2, &[0, 1 << 20]), "shifts"),
+        ] {
+            assert!(
+                err(bad.clone()).contains(why),
+                "{bad:?}: {}",
+                err(bad.clone())
+            );
+        }
+        // a good spec gets past the batch checks (to the next: this contract's one class)
+        let far = ctx.params().slots() / 2;
+        assert!(err(spec(2, &[0, far])).contains("classes"));
+        let json = serde_json::to_value(&base).unwrap();
+        let mut old = json.as_object().unwrap().clone();
+        old.remove("batch");
+        let back: ClientContract = serde_json::from_value(old.into()).unwrap();
+        assert_eq!(back.batch, BatchSpec::default());
     }
 
     /// Fuzzing found it (`fuzz/regressions/contract/`): a layout gap whose square overflows

@@ -19,7 +19,7 @@ pub mod image;
 
 #[cfg(feature = "secret-key")]
 pub use client::{Client, Prediction};
-pub use contract::{ClientContract, KeySpec, CONTRACT_VERSION};
+pub use contract::{BatchSpec, ClientContract, KeySpec, CONTRACT_VERSION};
 pub use error::ClientError;
 
 /// Class probabilities from logits (numerically stable: the largest logit is subtracted first).

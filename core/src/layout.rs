@@ -444,6 +444,83 @@ impl SlotLayout {
         Ok(slots)
     }
 
+    /// Every slot the tensor occupies, over all copies.
+    fn occupied(&self) -> Vec<usize> {
+        let copies = self.slots / self.period();
+        (0..self.len())
+            .flat_map(|i| {
+                let s = self.slot_of(i);
+                (0..copies).map(move |k| (s + k * self.period()) % self.slots)
+            })
+            .collect()
+    }
+
+    /// Shifts (in slots) at which copies of this layout's tensor fit beside each other without
+    /// sharing a slot: where a batch's images go in the slots one image leaves idle (the gap
+    /// cells a strided layout keeps). The result starts with `prefix` when every shift in it fits
+    /// (so images need not move between layers), then adds offsets inside one gap cell in
+    /// row-major order; it is `[0]` for a layout without gaps.
+    pub fn batch_shifts(&self, prefix: &[usize]) -> Vec<usize> {
+        let occupied = self.occupied();
+        let mut taken = vec![false; self.slots];
+        let mut shifts = Vec::new();
+        let try_add = |d: usize, taken: &mut Vec<bool>, shifts: &mut Vec<usize>| {
+            if shifts.contains(&d) || occupied.iter().any(|&s| taken[(s + d) % self.slots]) {
+                return false;
+            }
+            for &s in &occupied {
+                taken[(s + d) % self.slots] = true;
+            }
+            shifts.push(d);
+            true
+        };
+        if prefix.first() == Some(&0) {
+            for &d in prefix {
+                if !try_add(d % self.slots, &mut taken, &mut shifts) {
+                    taken.iter_mut().for_each(|t| *t = false);
+                    shifts.clear();
+                    break;
+                }
+            }
+        }
+        for ey in 0..self.gap {
+            for ex in 0..self.gap {
+                try_add(ey * self.row + ex, &mut taken, &mut shifts);
+            }
+        }
+        shifts
+    }
+
+    /// Places the same CHW tensor at each of `shifts` (every copy; other slots zero).
+    pub fn place_shifted(&self, tensor: &[f64], shifts: &[usize]) -> Result<Vec<f64>, LayoutError> {
+        let one = self.place(tensor)?;
+        if shifts == [0] {
+            return Ok(one);
+        }
+        let mut slots = vec![0.0; self.slots];
+        for &d in shifts {
+            for (i, &v) in one.iter().enumerate() {
+                if v != 0.0 {
+                    slots[(i + d) % self.slots] = v;
+                }
+            }
+        }
+        Ok(slots)
+    }
+
+    /// Reads the CHW tensor placed `shift` slots further (a batch's image) from the first copy.
+    pub fn extract_shifted(&self, slots: &[f64], shift: usize) -> Result<Vec<f64>, LayoutError> {
+        if slots.len() != self.slots {
+            return Err(LayoutError::Length {
+                expected: self.slots,
+                found: slots.len(),
+            });
+        }
+        Ok((0..self.len())
+            .map(|i| slots[(self.slot_of(i) + shift) % self.slots])
+            .collect())
+    }
+
     /// Reads the CHW tensor back from the first copy.
     pub fn extract(&self, slots: &[f64]) -> Result<Vec<f64>, LayoutError> {
         if slots.len() != self.slots {

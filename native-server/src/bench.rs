@@ -9,7 +9,7 @@ use blindsight_core::{CkksError, Context, EvaluationKeys, Evaluator};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::client_contract;
-use crate::he::infer::{evaluate, StepReport};
+use crate::he::infer::{evaluate, evaluate_batch, StepReport};
 use crate::he::plan::Plan;
 use crate::model::Model;
 use crate::plain;
@@ -93,6 +93,79 @@ impl Session {
     }
 }
 
+/// One batched evaluation of several images (one job, shared ciphertexts where slots are idle).
+#[derive(Debug, Clone)]
+pub struct BatchResult {
+    pub eval: Duration,
+    /// Per image: the encrypted label.
+    pub he_labels: Vec<usize>,
+    /// Largest logit error of any image against the plaintext model.
+    pub max_abs_logit_error: f64,
+    /// Peak resident memory during the batch (reset before it where the kernel allows).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl Session {
+    /// Evaluates `inputs` as one batch with `plan` (made by [`Plan::batched`] for this model and
+    /// parameter set); the session's keys must cover the plan's.
+    pub fn run_batch(
+        &self,
+        model: &Model,
+        plan: &Plan,
+        inputs: &[Vec<f64>],
+        mut progress: impl FnMut(usize, usize),
+    ) -> anyhow::Result<BatchResult> {
+        for (amount, level) in &plan.rotations {
+            if self
+                .plan
+                .rotations
+                .get(amount)
+                .is_none_or(|have| have < level)
+            {
+                anyhow::bail!("the batch plan needs a rotation key by {amount} at level {level}");
+            }
+        }
+        if plan.relin_level > self.plan.relin_level {
+            anyhow::bail!("the batch plan needs a higher relinearization key");
+        }
+        let cts = inputs
+            .iter()
+            .map(|x| self.client.encrypt_tensor(x))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ev = Evaluator::new(&self.ctx);
+        reset_peak_rss();
+        let t0 = Instant::now();
+        let (outs, _) = evaluate_batch(plan, &ev, &self.keys, &cts, |i, n, _, _| progress(i, n))?;
+        let eval = t0.elapsed();
+        let peak_rss_bytes = peak_rss_bytes();
+        let out = plan.output_value();
+        let mut he_labels = Vec::with_capacity(inputs.len());
+        let mut worst = 0.0f64;
+        for (j, input) in inputs.iter().enumerate() {
+            let (group, shift) = out.place_of(j);
+            let slots = self.client.decrypt_slots(&outs[group])?;
+            let logits = out.layout.extract_shifted(&slots, shift)?;
+            let reference = plain::forward(model, input)?;
+            for (a, b) in logits.iter().zip(&reference) {
+                worst = worst.max((a - b).abs());
+            }
+            he_labels.push(argmax(&logits));
+        }
+        Ok(BatchResult {
+            eval,
+            he_labels,
+            max_abs_logit_error: worst,
+            peak_rss_bytes,
+        })
+    }
+}
+
+/// Resets the peak resident set size the kernel reports (`VmHWM`), so that a later reading is
+/// the peak of what ran in between; a no-op where `/proc/self/clear_refs` is not writable.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 pub use blindsight_client::argmax;
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -151,6 +224,31 @@ pub struct BenchReport {
     pub params: ParamsInfo,
     /// One row per evaluation step, in order.
     pub layers: Vec<LayerRow>,
+    /// `bench --batch B`: the same images again as batches of B, in the same process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchReport>,
+}
+
+/// Batched evaluation beside the single-image runs of the same images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchReport {
+    /// Images per batch.
+    pub size: usize,
+    pub batches: usize,
+    /// Median time of one batch evaluation.
+    pub latency_s: f64,
+    /// Median over batches of the batch time divided by its images: the amortized time per image.
+    pub per_image_s: f64,
+    /// Median single-image latency over the same images (the main report's `latency_s`).
+    pub single_latency_s: f64,
+    /// `per_image_s / single_latency_s`.
+    pub ratio: f64,
+    /// Images whose batched label equals their single-image encrypted label, of `images`.
+    pub same_label_as_single: usize,
+    pub images: usize,
+    pub max_abs_logit_error: f64,
+    /// Largest peak resident memory of a batch evaluation (keys included).
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// The CKKS parameter set of a run.
@@ -214,6 +312,45 @@ pub fn layer_table(results: &[ImageResult]) -> Vec<LayerRow> {
 
 /// The report of a run. Fails only where a key or ciphertext size cannot be computed (a level the
 /// parameter set does not have).
+/// The batch figures: `batches` as (index of the batch's first image in `results`, result).
+pub fn batch_report(
+    results: &[ImageResult],
+    batches: &[(usize, BatchResult)],
+    size: usize,
+) -> BatchReport {
+    let latency_s = median(batches.iter().map(|(_, b)| b.eval.as_secs_f64()).collect());
+    let per_image_s = median(
+        batches
+            .iter()
+            .map(|(_, b)| b.eval.as_secs_f64() / b.he_labels.len() as f64)
+            .collect(),
+    );
+    let single_latency_s = median(results.iter().map(|r| r.eval.as_secs_f64()).collect());
+    let mut same = 0;
+    let mut images = 0;
+    for (first, b) in batches {
+        for (j, &label) in b.he_labels.iter().enumerate() {
+            images += 1;
+            same += usize::from(results.get(first + j).is_some_and(|r| r.he_label == label));
+        }
+    }
+    BatchReport {
+        size,
+        batches: batches.len(),
+        latency_s,
+        per_image_s,
+        single_latency_s,
+        ratio: per_image_s / single_latency_s,
+        same_label_as_single: same,
+        images,
+        max_abs_logit_error: batches
+            .iter()
+            .map(|(_, b)| b.max_abs_logit_error)
+            .fold(0.0, f64::max),
+        peak_rss_bytes: batches.iter().filter_map(|(_, b)| b.peak_rss_bytes).max(),
+    }
+}
+
 pub fn report(
     session: &Session,
     model: &Model,
@@ -256,6 +393,7 @@ pub fn report(
             log2_scale: p.spec().log_scale,
         },
         layers: layer_table(results),
+        batch: None,
     })
 }
 
@@ -301,6 +439,7 @@ mod tests {
                 plain_mults: 20,
                 ct_mults: 0,
             }],
+            batch: None,
         }
     }
 

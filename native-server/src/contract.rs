@@ -3,7 +3,7 @@
 //! /api/contract`, `bench` and `classify`, so every client follows one description.
 
 use blindsight_client::contract::{ImageSpec, InputSpec, KeyPurpose, OutputSpec, ParamsSpec};
-use blindsight_client::{hex, ClientContract, KeySpec, CONTRACT_VERSION};
+use blindsight_client::{hex, BatchSpec, ClientContract, KeySpec, CONTRACT_VERSION};
 use blindsight_core::wire::{ciphertext_size, switching_key_size};
 use blindsight_core::{CkksError, Context};
 use sha2::{Digest, Sha256};
@@ -40,7 +40,7 @@ pub fn client_contract(
         });
     }
     let input = model.input();
-    let output_level = plan.steps[plan.output_step].value.level;
+    let output_level = plan.output_value().level;
     Ok(ClientContract {
         version: CONTRACT_VERSION,
         params: ParamsSpec {
@@ -71,7 +71,56 @@ pub fn client_contract(
         },
         classes: model.metadata().classes.clone(),
         plan_hash: plan_hash(plan),
+        batch: BatchSpec::default(),
     })
+}
+
+/// Adds jobs of several images to `contract` (made from the single-image plan): `largest` is the
+/// plan of the largest batch, which evaluates every smaller one too (the missing images'
+/// steps skipped); its output, one ciphertext, says where each image's logits are. It must need
+/// no key the single image does not. The plan hash then covers the batch too.
+pub fn add_batch(
+    contract: &mut ClientContract,
+    single: &Plan,
+    largest: &Plan,
+) -> Result<(), String> {
+    let out = largest.output_value();
+    if largest.outputs.len() != 1 || out.shifts.len() != largest.batch {
+        return Err(format!(
+            "a batch of {} images does not fit one output ciphertext (at most {})",
+            largest.batch,
+            out.shifts.len()
+        ));
+    }
+    let covered = largest
+        .rotations
+        .iter()
+        .all(|(a, l)| single.rotations.get(a).is_some_and(|have| have >= l));
+    if !covered || largest.relin_level > single.relin_level {
+        return Err("a batch would need evaluation keys that one image does not".into());
+    }
+    // the batch's output layout is the single image's, moved: the shifts are counted from
+    // the contract's output layout
+    let (one, many) = (single.output_layout(), &out.layout);
+    if many.shifted(one.offset() as i64 - many.offset() as i64) != *one {
+        return Err("a batch's logits are laid out unlike one image's".into());
+    }
+    let slots = one.slots();
+    contract.batch = BatchSpec {
+        max: largest.batch,
+        shifts: out
+            .shifts
+            .iter()
+            .map(|&d| (d + many.offset() + slots - one.offset()) % slots)
+            .collect(),
+    };
+    contract.plan_hash = {
+        let mut h = Sha256::new();
+        h.update(contract.plan_hash.as_bytes());
+        h.update(format!("{:?}", contract.batch).as_bytes());
+        hex(&h.finalize())
+    };
+    Ok(())
 }
 
 /// SHA-256 over everything of the plan that the evaluation depends on (layouts, levels, scales,

@@ -101,6 +101,10 @@ struct ServeArgs {
     /// Jobs waiting at most; beyond, submissions get 503 with Retry-After.
     #[arg(long, default_value_t = 8)]
     queue: usize,
+    /// Most images in one job: a job's images share ciphertexts where one image leaves slots
+    /// idle (1 turns batches off).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
+    max_batch: u64,
     /// Threads of the evaluation pool [default: all cores].
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -139,6 +143,9 @@ struct PlanArgs {
     /// CKKS parameter set.
     #[arg(long, default_value = "N16_L39")]
     params: String,
+    /// Images evaluated together: shows where each stage packs them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    batch: u64,
 }
 
 #[derive(Args)]
@@ -195,6 +202,10 @@ struct BenchArgs {
     /// CKKS parameter set.
     #[arg(long, default_value = "N16_L39")]
     params: String,
+    /// Also evaluate the images in batches of B (one job, shared ciphertexts), each batch right
+    /// after the single-image runs of its images, and report both.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    batch: u64,
 }
 
 /// Errors print as one line with their context chain (`a: b: c`), whatever RUST_BACKTRACE says.
@@ -391,6 +402,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         web_dir: web,
         jobs: args.jobs,
         queue: args.queue,
+        max_batch: args.max_batch as usize,
         threads: args.threads,
         max_sessions: args.max_sessions,
         session_ttl: Duration::from_secs(args.session_ttl),
@@ -548,6 +560,8 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let steps = session.plan.steps.len() as u64;
     let bar = step_bar(steps * records.len() as u64, "images");
     let mut results = Vec::with_capacity(records.len());
+    let mut batch_plans: Vec<Plan> = Vec::new();
+    let mut batch_results = Vec::new();
     for (k, rec) in records.iter().enumerate() {
         let input = rec.model_input(&model)?;
         let r = session.run(&model, &input, rec.label, |i, _| {
@@ -569,9 +583,48 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             bar.println(line);
         }
         results.push(r);
+        let done = k + 1;
+        let batch = args.batch as usize;
+        if batch > 1 && (done % batch == 0 || done == records.len()) {
+            let first = (done - 1) / batch * batch;
+            let inputs = records[first..done]
+                .iter()
+                .map(|rec| rec.model_input(&model))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !batch_plans.iter().any(|p| p.batch == inputs.len()) {
+                batch_plans.push(Plan::batched(&model, &session.ctx, inputs.len())?);
+            }
+            let plan = batch_plans
+                .iter()
+                .find(|p| p.batch == inputs.len())
+                .expect("planned above");
+            let b = session.run_batch(&model, plan, &inputs, |_, _| {})?;
+            let line = format!(
+                "batch of images {}-{}: {:.2} s ({:.2} s an image), labels {:?}, logit error {:.1e}",
+                args.skip + first,
+                args.skip + done - 1,
+                b.eval.as_secs_f64(),
+                b.eval.as_secs_f64() / inputs.len() as f64,
+                b.he_labels,
+                b.max_abs_logit_error
+            );
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+            batch_results.push((first, b));
+        }
     }
     bar.finish_and_clear();
-    let report = bench::report(&session, &model, &results, threads)?;
+    let mut report = bench::report(&session, &model, &results, threads)?;
+    if !batch_results.is_empty() {
+        report.batch = Some(bench::batch_report(
+            &results,
+            &batch_results,
+            args.batch as usize,
+        ));
+    }
     print_stdout(&bench_table(&report))?;
     if let Some(file) = &args.json {
         // through a `Value`, whose map sorts the keys: the file reads as it always has
@@ -620,6 +673,9 @@ fn bench_table(report: &BenchReport) -> String {
     for (key, value) in totals {
         out += &format!("{key}: {value}\n");
     }
+    if let Some(b) = &report.batch {
+        out += &format!("batch: {}\n", json(b));
+    }
     out
 }
 
@@ -632,7 +688,7 @@ fn plan(args: &PlanArgs) -> anyhow::Result<()> {
     let model = load_model(args.model.as_deref())?;
     let ctx = blindsight_core::Context::named(&args.params)
         .with_context(|| format!("parameter set {}", args.params))?;
-    let plan = Plan::new(&model, &ctx)?;
+    let plan = Plan::batched(&model, &ctx, args.batch as usize)?;
     let key_bytes = client_contract(&model, &plan, &ctx)?.key_bytes();
     print_stdout(&describe_plan(&plan, &ctx, key_bytes))
 }
@@ -650,9 +706,23 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
         plan.input_level,
         plan.input_scale.log2()
     );
+    let batched = plan.batch > 1;
+    if batched {
+        s += &format!(
+            "batch of {} images: a step per ciphertext (group g holds images from g x per-ct); \
+             images of one ciphertext sit at the layout shifted by each of `shifts` slots\n",
+            plan.batch
+        );
+    }
     s += &format!(
         "{:<24} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6}  layout\n",
-        "step", "kind", "level", "babies", "giants", "rots", "diags"
+        if batched { "step [group]" } else { "step" },
+        "kind",
+        "level",
+        "babies",
+        "giants",
+        "rots",
+        "diags"
     );
     let (mut rots, mut diags) = (0, 0);
     for st in &plan.steps {
@@ -662,7 +732,7 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
                 lin.babies.len(),
                 lin.giants,
                 lin.rotation_count(),
-                lin.diags.len(),
+                lin.diags().len(),
             ),
             StepKind::LinearSum { terms } => {
                 let plans: Vec<_> = terms.iter().map(|(_, l)| l).collect();
@@ -671,7 +741,7 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
                     plans.iter().map(|l| l.babies.len()).sum(),
                     plans.iter().map(|l| l.giants).max().unwrap_or(0),
                     sum_rotation_count(&plans),
-                    plans.iter().map(|l| l.diags.len()).sum(),
+                    plans.iter().map(|l| l.diags().len()).sum(),
                 )
             }
             StepKind::Activation { .. } => ("square", 0, 0, 0, 0),
@@ -681,10 +751,23 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
         rots += r;
         diags += d;
         let l = &st.value.layout;
+        let name = if batched {
+            format!("{} [{}]", st.name, st.group)
+        } else {
+            st.name.clone()
+        };
         s += &format!(
-            "{:<24} {kind:>6} {:>5} {b:>6} {g:>6} {r:>6} {d:>6}  {}x{}x{} gap {} blocks {} offset {}\n",
-            st.name, st.value.level, l.channels(), l.height(), l.width(), l.gap(), l.blocks(), l.offset()
+            "{name:<24} {kind:>6} {:>5} {b:>6} {g:>6} {r:>6} {d:>6}  {}x{}x{} gap {} blocks {} offset {}",
+            st.value.level, l.channels(), l.height(), l.width(), l.gap(), l.blocks(), l.offset()
         );
+        if batched {
+            s += &format!(
+                "; {} per ct, shifts {:?}",
+                st.value.capacity(),
+                st.value.shifts
+            );
+        }
+        s += "\n";
     }
     s += &format!("total: {rots} rotations, {diags} plaintext multiplications\n");
     s += &format!("rotation keys ({}):", plan.rotations.len());

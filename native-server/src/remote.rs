@@ -344,7 +344,29 @@ impl RemoteSession {
         Ok((prediction, events))
     }
 
-    /// Submits a ciphertext, follows its job to the end and downloads the result: the job id,
+    /// Classifies several images (RGBA, width, height) in one job: one ciphertext each,
+    /// uploaded together, one result with every image's logits. At most the contract's
+    /// `batch.max` images.
+    pub async fn classify_many(
+        &self,
+        images: &[(&[u8], u32, u32)],
+        mut progress: impl FnMut(Progress),
+    ) -> Result<(Vec<Prediction>, Vec<ServerEvent>), RemoteError> {
+        let body = tokio::task::block_in_place(|| -> Result<Vec<u8>, RemoteError> {
+            let mut body = Vec::new();
+            for &(rgba, width, height) in images {
+                body.extend(self.client.encrypt_rgba(rgba, width, height)?);
+            }
+            Ok(body)
+        })?;
+        let (_, events, result) = self.run_job(body, &mut progress).await?;
+        let predictions = tokio::task::block_in_place(|| {
+            self.client.decrypt_batch_result(&result, images.len())
+        })?;
+        Ok((predictions, events))
+    }
+
+    /// Submits a job's ciphertexts (one per image, concatenated), follows its job to the end and downloads the result: the job id,
     /// its events and the encrypted logits. A full queue is waited out as its `Retry-After`
     /// says; an event stream that breaks (the server restarting) is followed again; a job the
     /// server lost in a restart (`job_lost`, or its result gone) is submitted again, once.

@@ -148,6 +148,18 @@ impl WasmClient {
         to_js(&self.inner.decrypt_result(bytes)?)
     }
 
+    /// The result of a job of `images` images to one prediction per image, in upload order.
+    #[wasm_bindgen(js_name = decryptBatchResult, unchecked_return_type = "Prediction[]")]
+    pub fn decrypt_batch_result(&self, bytes: &[u8], images: usize) -> Result<JsValue, JsError> {
+        to_js(&self.inner.decrypt_batch_result(bytes, images)?)
+    }
+
+    /// Most images the server takes in one job.
+    #[wasm_bindgen(getter = batchMax)]
+    pub fn batch_max(&self) -> usize {
+        self.inner.contract().batch.max
+    }
+
     /// Bytes of the encrypted image.
     #[wasm_bindgen(getter = inputBytes)]
     pub fn input_bytes(&self) -> usize {

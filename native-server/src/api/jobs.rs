@@ -17,7 +17,7 @@ use crate::api::error::ApiError;
 use crate::api::journal::Journal;
 use crate::api::metrics::Metrics;
 use crate::api::sessions::SessionStore;
-use crate::he::infer::evaluate;
+use crate::he::infer::{evaluate_batch, present_steps};
 use crate::he::plan::Plan;
 
 /// A job id: 128 random bits in hex.
@@ -72,7 +72,8 @@ impl JobEvent {
 /// A job's record: its session, its input until it runs, its events and its result.
 pub struct Job {
     pub session: String,
-    input: Mutex<Option<Ciphertext>>,
+    /// One ciphertext per image (taken when the job runs).
+    input: Mutex<Vec<Ciphertext>>,
     events: Mutex<Vec<JobEvent>>,
     result: Mutex<Option<Arc<Vec<u8>>>>,
     /// The number of events so far, for streams waiting on the next one.
@@ -81,7 +82,7 @@ pub struct Job {
 }
 
 impl Job {
-    fn new(session: &str, input: Option<Ciphertext>) -> Self {
+    fn new(session: &str, input: Vec<Ciphertext>) -> Self {
         Self {
             session: session.to_string(),
             input: Mutex::new(input),
@@ -164,7 +165,10 @@ pub struct JobQueue {
 /// What the workers need to evaluate.
 pub struct Engine {
     pub ctx: Arc<Context>,
+    /// The plan of one image.
     pub plan: Arc<Plan>,
+    /// The plan of the largest batch, which evaluates every job of 2 or more images.
+    pub batch: Option<Arc<Plan>>,
     pub sessions: Arc<SessionStore>,
     pub metrics: Arc<Metrics>,
     pub pool: rayon::ThreadPool,
@@ -179,7 +183,7 @@ impl JobQueue {
         let mut jobs = HashMap::new();
         for (id, entry) in lost {
             tracing::warn!(job = %id, session = %entry.session, "lost in a restart");
-            let job = Job::new(&entry.session, None);
+            let job = Job::new(&entry.session, Vec::new());
             job.push(JobEvent::Failed {
                 code: "job_lost".into(),
                 error: "the server restarted before this job finished; send the image again".into(),
@@ -214,8 +218,13 @@ impl JobQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a job; 503 with `Retry-After` when the queue is full.
-    pub fn submit(&self, session: &str, input: Ciphertext) -> Result<(JobId, usize), ApiError> {
+    /// Queues a job of one or more images (one input ciphertext each); 503 with `Retry-After`
+    /// when the queue is full.
+    pub fn submit(
+        &self,
+        session: &str,
+        input: Vec<Ciphertext>,
+    ) -> Result<(JobId, usize), ApiError> {
         let mut st = self.lock();
         if st.waiting.len() >= self.config.capacity {
             // a place opens when a running job ends: on average within one job's time
@@ -237,7 +246,7 @@ impl JobQueue {
             tracing::error!("journal: {e}");
             ApiError::internal("recording the job: storage error")
         })?;
-        let job = Arc::new(Job::new(session, Some(input)));
+        let job = Arc::new(Job::new(session, input));
         let position = st.waiting.len();
         job.push(JobEvent::Queued { position });
         st.jobs.insert(id.clone(), job);
@@ -364,29 +373,39 @@ impl JobQueue {
 
 /// Evaluates one job: the session's keys, the network, the result's bytes.
 fn run(engine: &Engine, job: &Job) -> Result<Vec<u8>, ApiError> {
-    let input = job
-        .input
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .ok_or_else(|| ApiError::internal("the job's input is gone"))?;
+    let input = std::mem::take(&mut *job.input.lock().unwrap_or_else(|e| e.into_inner()));
+    let plan = match input.len() {
+        0 => return Err(ApiError::internal("the job's input is gone")),
+        1 => &engine.plan,
+        b => engine
+            .batch
+            .as_ref()
+            .filter(|p| b <= p.batch)
+            .ok_or_else(|| ApiError::internal(format!("no plan for a batch of {b} images")))?,
+    };
     let keys = engine.sessions.keys(&job.session)?;
-    let layers = engine.plan.steps.len();
+    let layers = present_steps(plan, input.len())
+        .into_iter()
+        .filter(|&p| p)
+        .count();
     job.push(JobEvent::Started { layers });
     let ev = Evaluator::new(&engine.ctx);
     let mut last = Instant::now();
-    let (out, _) = evaluate(&engine.plan, &ev, &keys, &input, |i, n, _| {
+    let (outs, _) = evaluate_batch(plan, &ev, &keys, &input, |i, n, name, _| {
         let now = Instant::now();
         job.push(JobEvent::Layer {
             index: i,
             layers: n,
-            name: engine.plan.steps[i - 1].name.clone(),
+            name: name.to_string(),
             seconds: (now - last).as_secs_f64(),
         });
         last = now;
     })
     .map_err(|e| ApiError::internal(format!("evaluation: {e}")))?;
     drop(input);
+    // the contract promises one output ciphertext for any batch up to its maximum
+    let [out] = <[_; 1]>::try_from(outs)
+        .map_err(|_| ApiError::internal("a batch left more than one output ciphertext"))?;
     out.to_bytes(&engine.ctx)
         .map_err(|e| ApiError::internal(format!("serializing the result: {e}")))
 }

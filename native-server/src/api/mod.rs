@@ -29,7 +29,7 @@ use std::time::Duration;
 use blindsight_client::ClientContract;
 use blindsight_core::Context;
 
-use crate::contract::client_contract;
+use crate::contract::{add_batch, client_contract};
 use crate::he::plan::Plan;
 use crate::model::Model;
 use jobs::{Engine, JobQueue, QueueConfig};
@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub web_dir: Option<PathBuf>,
     pub jobs: usize,
     pub queue: usize,
+    /// Most images in one job (each batch size has its plan, made at start).
+    pub max_batch: usize,
     /// Threads of the evaluation pool (0: one per core).
     pub threads: usize,
     pub max_sessions: usize,
@@ -76,6 +78,7 @@ impl Default for ServeConfig {
             web_dir: None,
             jobs: 1,
             queue: 8,
+            max_batch: 8,
             threads: 0,
             max_sessions: 16,
             session_ttl: Duration::from_secs(3600),
@@ -110,7 +113,30 @@ impl AppState {
     pub fn new(model: &Model, config: ServeConfig) -> anyhow::Result<Arc<Self>> {
         let ctx = Context::named(&config.params)?;
         let plan = Arc::new(Plan::new(model, &ctx)?);
-        let contract = Arc::new(client_contract(model, &plan, &ctx)?);
+        let mut contract = client_contract(model, &plan, &ctx)?;
+        // the plan of the largest batch, made now (a job never waits for planning), serves
+        // every batch: up to `max_batch` images, or as many as one output ciphertext holds
+        let batch = match config.max_batch {
+            0 | 1 => None,
+            max => {
+                let mut p = Plan::batched(model, &ctx, max)?;
+                let room = p.output_value().room.len();
+                if p.outputs.len() > 1 && room > 1 {
+                    p = Plan::batched(model, &ctx, room)?;
+                }
+                match add_batch(&mut contract, &plan, &p) {
+                    Ok(()) => {
+                        tracing::info!(images = p.batch, "batches");
+                        Some(Arc::new(p))
+                    }
+                    Err(e) => {
+                        tracing::warn!("one image per job: {e}");
+                        None
+                    }
+                }
+            }
+        };
+        let contract = Arc::new(contract);
         let contract_json = contract.to_json();
         let sessions = Arc::new(SessionStore::open(
             StoreConfig {
@@ -142,6 +168,7 @@ impl AppState {
             Engine {
                 ctx: ctx.clone(),
                 plan,
+                batch,
                 sessions: sessions.clone(),
                 metrics: metrics.clone(),
                 pool,
@@ -165,7 +192,8 @@ impl AppState {
     /// ciphertext in memory). Bytes.
     pub fn memory_limits(&self) -> serde_json::Value {
         let n = self.ctx.n() as u64;
-        let input = 2 * (self.contract.input.level as u64 + 1) * n * 8;
+        let input =
+            2 * (self.contract.input.level as u64 + 1) * n * 8 * self.contract.batch.max as u64;
         let queued = input * self.config.queue as u64;
         serde_json::json!({
             "key_memory_budget": self.config.key_memory,

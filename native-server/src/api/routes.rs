@@ -159,27 +159,52 @@ async fn submit_job(
     if let Err(e) = check_id(&id).and_then(|()| s.sessions.check_complete(&id)) {
         return Err(refuse(&s, body, e).await);
     }
-    let spec = &s.contract.input;
-    let bytes = read_body(&s, &headers, body, spec.bytes).await?;
+    // one input ciphertext per image, concatenated: each has exactly the contract's size
+    let (one, max) = (s.contract.input.bytes, s.contract.batch.max);
+    let bytes = read_body(&s, &headers, body, one * max).await?;
     let st = s.clone();
-    let ct = blocking(move || {
+    let cts = blocking(move || {
         let spec = &st.contract.input;
-        let ct = Ciphertext::from_bytes(&st.ctx, &bytes, spec.bytes).map_err(wire_error)?;
-        check_input(&ct, spec.level, spec.scale)?;
-        Ok(ct)
+        if bytes.is_empty() || bytes.len() % one != 0 {
+            // one object of another size says best what is wrong with it (a level, a cut)
+            let single = Ciphertext::from_bytes(&st.ctx, &bytes, one * max);
+            if let Ok(ct) = &single {
+                check_input(ct, spec.level, spec.scale)?;
+            }
+            return Err(match single {
+                Err(e) if bytes.len() < one => wire_error(e),
+                _ => ApiError::bad_request(
+                    "batch_size",
+                    format!(
+                        "a job is 1 to {max} input ciphertexts of {one} bytes each, not {} bytes",
+                        bytes.len()
+                    ),
+                ),
+            });
+        }
+        bytes
+            .chunks(spec.bytes)
+            .map(|chunk| {
+                let ct = Ciphertext::from_bytes(&st.ctx, chunk, spec.bytes).map_err(wire_error)?;
+                check_input(&ct, spec.level, spec.scale)?;
+                Ok(ct)
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
     })
     .await?;
+    let images = cts.len();
     s.sessions.touch(&id)?;
-    let (job, position) = s.queue.submit(&id, ct).inspect_err(|_| {
+    let (job, position) = s.queue.submit(&id, cts).inspect_err(|_| {
         s.metrics
             .jobs_rejected
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     })?;
-    tracing::info!(session = %id, job = %job, position, "queued");
+    tracing::info!(session = %id, job = %job, position, images, "queued");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
             "job": job,
+            "images": images,
             "position": position,
             "events": format!("/api/jobs/{job}/events"),
             "result": format!("/api/jobs/{job}/result"),
@@ -197,7 +222,7 @@ async fn refuse(s: &AppState, body: Body, e: ApiError) -> ApiError {
         .keys
         .iter()
         .map(|k| k.bytes)
-        .chain([s.contract.input.bytes])
+        .chain([s.contract.input.bytes * s.contract.batch.max])
         .max()
         .unwrap_or(0);
     drain_body(s, body, cap).await;

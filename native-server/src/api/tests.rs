@@ -211,12 +211,22 @@ async fn flow_bad_input_full_queue_and_restart() {
         err_of(remote.submit(&id, ct[..ct.len() - 10].to_vec()).await).0,
         400
     );
-    let mut big = ct.clone();
-    big.extend_from_slice(&[0; 16]);
+    // a job is whole ciphertexts, at most the contract's batch of them
+    let max = contract.batch.max;
+    assert!(max >= 2, "the mini network batches");
+    let mut ragged = ct.clone();
+    ragged.extend_from_slice(&[0; 16]);
     assert_eq!(
-        err_of(remote.submit(&id, big).await),
+        err_of(remote.submit(&id, ragged).await),
+        (400, "batch_size".into())
+    );
+    assert_eq!(
+        err_of(remote.submit(&id, ct.repeat(max + 1)).await),
         (413, "too_large".into())
     );
+    let mut one_bad = ct.repeat(2);
+    one_bad[ct.len() + 5] ^= 0xff;
+    assert_eq!(err_of(remote.submit(&id, one_bad).await).0, 400);
     let ctx = client.context();
     let low = contract.input.level - 1;
     let pt = Plaintext::encode_real(ctx, &[0.5; 16], low, contract.input.scale).unwrap();
@@ -249,6 +259,31 @@ async fn flow_bad_input_full_queue_and_restart() {
             .collect();
         let total = events[1].data["layers"].as_u64().unwrap();
         assert_eq!(layers, (1..=total).collect::<Vec<_>>());
+    }
+
+    // several images in one job: each gets its plaintext label, from one result ciphertext
+    let seeds = [4, 5, 6];
+    let pixels: Vec<(Vec<u8>, usize)> = seeds.iter().map(|&s| image(&session.client, s)).collect();
+    let images: Vec<(&[u8], u32, u32)> = pixels.iter().map(|(px, _)| (&px[..], 8, 8)).collect();
+    let (predictions, events) = session.classify_many(&images, |_| {}).await.unwrap();
+    let labels: Vec<usize> = predictions.iter().map(|p| p.index).collect();
+    let want: Vec<usize> = pixels.iter().map(|(_, l)| *l).collect();
+    assert_eq!(labels, want);
+    assert_eq!(events.last().unwrap().event, "done");
+    // and a single image after a batch is still a single image's job
+    let (prediction, _) = session
+        .classify_rgba(&pixels[0].0, 8, 8, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(prediction.index, want[0]);
+    assert_eq!(prediction.logits.len(), predictions[0].logits.len());
+    for (a, b) in prediction.logits.iter().zip(&predictions[0].logits) {
+        assert!(
+            (a - b).abs() < 2e-3,
+            "{:?} vs {:?}",
+            prediction.logits,
+            predictions[0].logits
+        );
     }
 
     // a full queue: 503 with Retry-After, the server still serving
@@ -284,7 +319,7 @@ async fn flow_bad_input_full_queue_and_restart() {
     )
     .unwrap();
     assert!(
-        metrics.contains("blindsight_jobs_total{outcome=\"done\"} 3"),
+        metrics.contains("blindsight_jobs_total{outcome=\"done\"} 5"),
         "{metrics}"
     );
     assert!(

@@ -10,6 +10,7 @@
 //! All amounts are non-negative left rotations: the planner shifts output layouts to make them so.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock};
 
 use blindsight_core::layout::SlotLayout;
 
@@ -33,6 +34,9 @@ pub struct LinearPlan {
     pub mult: f64,
     pub input: SlotLayout,
     pub output: SlotLayout,
+    /// The images the layer maps, as (input shift, output shift) in slots: a batch's images sit
+    /// at shifted copies of the layouts, and each image's output reads only its own input.
+    pub pairs: Vec<(usize, usize)>,
     /// Output elements (CHW).
     pub outputs: usize,
     /// Level the input is brought to (dropped) before the layer; the output is one level lower.
@@ -47,9 +51,11 @@ pub struct LinearPlan {
     pub babies: Vec<usize>,
     pub tree: Vec<TreeNode>,
     pub baby_node: Vec<usize>,
-    /// The nonzero diagonals (one plaintext product each), pre-rotated for the Horner chain and run-compressed; filled by
-    /// [`LinearPlan::build_diagonals`] once the layouts are final (empty until then).
-    pub diags: Vec<Diagonal>,
+    /// The nonzero diagonals (one plaintext product each), pre-rotated for the Horner chain and
+    /// run-compressed; filled by [`LinearPlan::build_diagonals`] once the layouts are final (empty
+    /// until then), and shared by the clones of a plan (the same layer of every image of a batch
+    /// evaluated one image per ciphertext).
+    pub diagonals: Arc<OnceLock<Vec<Diagonal>>>,
 }
 
 impl LinearPlan {
@@ -62,6 +68,7 @@ impl LinearPlan {
         mult: f64,
         input: SlotLayout,
         output_raw: SlotLayout,
+        pairs: Vec<(usize, usize)>,
         free_offset: bool,
         level: usize,
         out_scale: f64,
@@ -71,7 +78,7 @@ impl LinearPlan {
         let output = if free_offset {
             // shift so that the most negative (centered) baby amount becomes 0
             let mut min_b = 0i64;
-            for_each_amount(model, &op, &input, &output_raw, |a, _, _| {
+            for_each_amount(model, &op, &input, &output_raw, &pairs, |a, _, _| {
                 let b = (a % giant) as i64;
                 let centered = if b >= giant as i64 / 2 {
                     b - giant as i64
@@ -84,9 +91,21 @@ impl LinearPlan {
         } else {
             output_raw
         };
+        // images whose output sits at the same distance from their input have the same amounts
+        let alike = match pairs.split_first() {
+            Some((&(i0, o0), rest)) => rest
+                .iter()
+                .all(|&(i, o)| o.wrapping_sub(i) == o0.wrapping_sub(i0)),
+            None => true,
+        };
+        let distinct = if alike {
+            &pairs[..pairs.len().min(1)]
+        } else {
+            &pairs[..]
+        };
         let mut babies = BTreeSet::new();
         let mut last_giant = 0;
-        for_each_amount(model, &op, &input, &output, |a, _, _| {
+        for_each_amount(model, &op, &input, &output, distinct, |a, _, _| {
             babies.insert(a % giant);
             last_giant = last_giant.max(a / giant);
         });
@@ -98,6 +117,7 @@ impl LinearPlan {
             mult,
             input,
             output,
+            pairs,
             outputs,
             level,
             out_scale,
@@ -106,8 +126,13 @@ impl LinearPlan {
             babies,
             tree,
             baby_node,
-            diags: Vec::new(),
+            diagonals: Arc::default(),
         }
+    }
+
+    /// The diagonals (empty before [`LinearPlan::build_diagonals`]).
+    pub fn diags(&self) -> &[Diagonal] {
+        self.diagonals.get().map_or(&[], Vec::as_slice)
     }
 
     /// Every rotation amount this layer uses.
@@ -144,26 +169,30 @@ pub fn sum_rotation_count(plans: &[&LinearPlan]) -> usize {
     babies + giants - 1
 }
 
-/// Calls `f(amount, output slot, weight)` for every term of the map, over every copy of the output;
-/// each term reads the copy of its input that makes the amount smallest.
+/// Calls `f(amount, output slot, weight)` for every term of the map, for every image of `pairs`
+/// (input and output shifted by its pair) and over every copy of the output; each term reads the
+/// copy of its input that makes the amount smallest.
 pub(crate) fn for_each_amount(
     model: &Model,
     op: &Operator,
     input: &SlotLayout,
     output: &SlotLayout,
+    pairs: &[(usize, usize)],
     mut f: impl FnMut(usize, usize, f64),
 ) {
     let slots = output.slots();
     let (pin, pout) = (input.period(), output.period());
-    for o in 0..output.len() {
-        let p0 = output.slot_of(o);
-        for k in 0..slots / pout {
-            let p = (p0 + k * pout) % slots;
-            op.terms(model, o, |i, w| {
-                let q = input.slot_of(i);
-                let a = (q as i64 - p as i64).rem_euclid(pin as i64) as usize;
-                f(a, p, w);
-            });
+    for &(din, dout) in pairs {
+        for o in 0..output.len() {
+            let p0 = output.slot_of(o) + dout;
+            for k in 0..slots / pout {
+                let p = (p0 + k * pout) % slots;
+                op.terms(model, o, |i, w| {
+                    let q = input.slot_of(i) + din;
+                    let a = (q as i64 - p as i64).rem_euclid(pin as i64) as usize;
+                    f(a, p, w);
+                });
+            }
         }
     }
 }

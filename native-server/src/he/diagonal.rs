@@ -22,15 +22,20 @@ pub struct Diagonal {
     pub giant: usize,
     pub baby: usize,
     pub runs: Vec<Run>,
+    /// The runs repeat at each of these shifts (slots; `[0]` for one image): a batch's images
+    /// that a layer maps alike share their runs instead of interleaving them.
+    pub shifts: Vec<u32>,
 }
 
 impl Diagonal {
     /// The slot vector.
     pub fn expand(&self, slots: usize) -> Vec<f64> {
         let mut v = vec![0.0; slots];
-        for r in &self.runs {
-            for k in 0..r.count as usize {
-                v[r.start as usize + k * r.stride as usize] = r.weight;
+        for &d in &self.shifts {
+            for r in &self.runs {
+                for k in 0..r.count as usize {
+                    v[(r.start as usize + k * r.stride as usize + d as usize) % slots] = r.weight;
+                }
             }
         }
         v
@@ -62,21 +67,50 @@ fn compress(entries: &[(u32, f64)]) -> Vec<Run> {
 }
 
 impl LinearPlan {
-    /// Derives the diagonals from the model (once per plan: the same for every image).
-    pub fn build_diagonals(&mut self, model: &Model) {
+    /// Derives the diagonals from the model, once per plan and its clones (the same for every
+    /// image).
+    pub fn build_diagonals(&self, model: &Model) {
+        self.diagonals.get_or_init(|| self.derive_diagonals(model));
+    }
+
+    fn derive_diagonals(&self, model: &Model) -> Vec<Diagonal> {
         let slots = self.input.slots();
         let mut index = vec![u32::MAX; self.giant];
         for (i, &b) in self.babies.iter().enumerate() {
             index[b] = i as u32;
         }
         let nb = self.babies.len();
+        // images whose output sits at the same distance from their input have the same
+        // amounts: one image's runs, repeated at the others' output shifts
+        let (pairs, shifts) = match self.pairs.split_first() {
+            Some((&(din, dout), rest))
+                if rest
+                    .iter()
+                    .all(|&(i, o)| o.wrapping_sub(i) == dout.wrapping_sub(din)) =>
+            {
+                let shifts = self
+                    .pairs
+                    .iter()
+                    .map(|&(_, o)| ((o + slots - dout) % slots) as u32)
+                    .collect();
+                (vec![(din, dout)], shifts)
+            }
+            _ => (self.pairs.clone(), vec![0]),
+        };
         let mut entries: Vec<(u32, u32, f64)> = Vec::new();
-        for_each_amount(model, &self.op, &self.input, &self.output, |a, p, w| {
-            let (g, b) = (a / self.giant, a % self.giant);
-            // rot_{-gG}(d)[p'] = d[p' - gG]: the entry for output slot p lands at p + gG
-            let slot = (p + g * self.giant) % slots;
-            entries.push(((g * nb) as u32 + index[b], slot as u32, w * self.mult));
-        });
+        for_each_amount(
+            model,
+            &self.op,
+            &self.input,
+            &self.output,
+            &pairs,
+            |a, p, w| {
+                let (g, b) = (a / self.giant, a % self.giant);
+                // rot_{-gG}(d)[p'] = d[p' - gG]: the entry for output slot p lands at p + gG
+                let slot = (p + g * self.giant) % slots;
+                entries.push(((g * nb) as u32 + index[b], slot as u32, w * self.mult));
+            },
+        );
         entries.sort_unstable_by_key(|&(k, slot, _)| (k, slot));
         let mut diags = Vec::new();
         let mut i = 0;
@@ -95,8 +129,9 @@ impl LinearPlan {
                 giant: key as usize / nb,
                 baby: key as usize % nb,
                 runs: compress(&merged),
+                shifts: shifts.clone(),
             });
         }
-        self.diags = diags;
+        diags
     }
 }

@@ -12,6 +12,8 @@ use crate::he::plan::{Plan, Ref, StepKind};
 /// Why an evaluation stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
+    #[error("{found} input ciphertexts for a plan of {expected} images")]
+    Batch { expected: usize, found: usize },
     #[error("the input ciphertext is at level {found}, the plan needs {expected}")]
     InputLevel { expected: usize, found: usize },
     #[error("the input ciphertext has scale 2^{found:.2}, the plan needs 2^{expected:.2}")]
@@ -36,8 +38,9 @@ pub struct StepReport {
     pub counts: OpCounts,
 }
 
-/// Runs every step of `plan` on `input`; returns the output ciphertext (logits, offsets added) and
-/// a report per step. `progress` is called after each step with (done, total, the step's value).
+/// Runs every step of a single-image `plan` on `input`; returns the output ciphertext (logits,
+/// offsets added) and a report per step. `progress` is called after each step with (done, total,
+/// the step's value).
 pub fn evaluate(
     plan: &Plan,
     ev: &Evaluator,
@@ -45,17 +48,47 @@ pub fn evaluate(
     input: &Ciphertext,
     mut progress: impl FnMut(usize, usize, &Ciphertext),
 ) -> Result<(Ciphertext, Vec<StepReport>), InferError> {
-    if input.level() != plan.input_level {
-        return Err(InferError::InputLevel {
-            expected: plan.input_level,
-            found: input.level(),
+    let (mut outs, reports) = evaluate_batch(
+        plan,
+        ev,
+        keys,
+        std::slice::from_ref(input),
+        |i, n, _, ct| progress(i, n, ct),
+    )?;
+    Ok((outs.swap_remove(0), reports))
+}
+
+/// Runs `plan` on a batch of inputs, one ciphertext per image, 1 to `plan.batch` of them: a plan
+/// made for a batch serves every smaller one, the missing images' steps and terms skipped (so
+/// a batch costs what its images need). Returns the output ciphertexts of the groups that hold
+/// images (image `j`'s logits are where [`Plan::output_value`] places them) and a report per
+/// step evaluated.
+pub fn evaluate_batch(
+    plan: &Plan,
+    ev: &Evaluator,
+    keys: &EvaluationKeys,
+    inputs: &[Ciphertext],
+    mut progress: impl FnMut(usize, usize, &str, &Ciphertext),
+) -> Result<(Vec<Ciphertext>, Vec<StepReport>), InferError> {
+    if inputs.is_empty() || inputs.len() > plan.batch {
+        return Err(InferError::Batch {
+            expected: plan.batch,
+            found: inputs.len(),
         });
     }
-    if !scales_equal(input.scale(), plan.input_scale) {
-        return Err(InferError::InputScale {
-            expected: plan.input_scale.log2(),
-            found: input.scale().log2(),
-        });
+    for input in inputs {
+        if input.level() != plan.input_level {
+            return Err(InferError::InputLevel {
+                expected: plan.input_level,
+                found: input.level(),
+            });
+        }
+        if !scales_equal(input.scale(), plan.input_scale) {
+            return Err(InferError::InputScale {
+                expected: plan.input_scale.log2(),
+                found: input.scale().log2(),
+            });
+        }
     }
     let ctx = ev.context().clone();
     // last reader of every step's value, to free ciphertexts early
@@ -68,16 +101,31 @@ pub fn evaluate(
             }
         }
     }
-    last_use[plan.output_step] = usize::MAX;
+    for &o in &plan.outputs {
+        last_use[o] = usize::MAX;
+    }
     let mut values: Vec<Option<Ciphertext>> = vec![None; n];
     let mut reports = Vec::with_capacity(n);
+    let present = present_steps(plan, inputs.len());
+    let is_present = |r: &Ref| match *r {
+        Ref::Input(j) => j < inputs.len(),
+        Ref::Step(j) => present[j],
+    };
+    let total = present.iter().filter(|&&p| p).count();
+    let mut done = 0;
     for (i, st) in plan.steps.iter().enumerate() {
+        if !present[i] {
+            continue;
+        }
         let t0 = Instant::now();
         let mut counts = OpCounts::default();
         // values are read in place: a step copies only what it changes
         let get = |r: Ref| -> Result<&Ciphertext, InferError> {
             match r {
-                Ref::Input => Ok(input),
+                Ref::Input(j) => inputs.get(j).ok_or_else(|| InferError::Ckks {
+                    step: st.name.clone(),
+                    source: CkksError::Layout(format!("no input for image {j}")),
+                }),
                 Ref::Step(j) => values[j].as_ref().ok_or_else(|| InferError::Ckks {
                     step: st.name.clone(),
                     source: CkksError::Layout(format!("value of step {j} was freed early")),
@@ -95,7 +143,7 @@ pub fn evaluate(
             ),
             StepKind::LinearSum { terms } => {
                 let mut pairs = Vec::with_capacity(terms.len());
-                for (r, l) in terms {
+                for (r, l) in terms.iter().filter(|(r, _)| is_present(r)) {
                     pairs.push((l, get(*r)?));
                 }
                 (
@@ -105,8 +153,15 @@ pub fn evaluate(
             }
             StepKind::Activation { input: r, beta } => {
                 let x = get(*r)?;
-                let pt = encode_tensor(&ctx, &st.value.layout, beta, x.level(), x.scale())
-                    .map_err(wrap)?;
+                let pt = encode_tensor(
+                    &ctx,
+                    &st.value.layout,
+                    beta,
+                    &st.value.shifts,
+                    x.level(),
+                    x.scale(),
+                )
+                .map_err(wrap)?;
                 let v = ev.add_plain(x, &pt).map_err(wrap)?;
                 counts.ct_mults += 1;
                 (ev.square_relin(&v, keys).map_err(wrap)?, "square")
@@ -140,7 +195,8 @@ pub fn evaluate(
             log_scale: out.scale().log2(),
             counts,
         });
-        progress(i + 1, n, &out);
+        done += 1;
+        progress(done, total, &st.name, &out);
         values[i] = Some(out);
         for r in st.kind.refs() {
             if let Ref::Step(j) = r {
@@ -150,38 +206,56 @@ pub fn evaluate(
             }
         }
     }
-    let mut out = values[plan.output_step]
-        .take()
-        .ok_or_else(|| InferError::Ckks {
-            step: "output".into(),
-            source: CkksError::Layout("the output step was not evaluated".into()),
-        })?;
     let output_offset = |source| InferError::Ckks {
         step: "output offset".into(),
         source,
     };
-    let pt = encode_tensor(
-        &ctx,
-        plan.output_layout(),
-        &plan.output_offset,
-        out.level(),
-        out.scale(),
-    )
-    .map_err(output_offset)?;
-    ev.add_plain_assign(&mut out, &pt).map_err(output_offset)?;
-    Ok((out, reports))
+    let mut outs = Vec::with_capacity(plan.outputs.len());
+    for &o in plan.outputs.iter().filter(|&&o| present[o]) {
+        let mut out = values[o].take().ok_or_else(|| InferError::Ckks {
+            step: "output".into(),
+            source: CkksError::Layout("the output step was not evaluated".into()),
+        })?;
+        let value = &plan.steps[o].value;
+        let pt = encode_tensor(
+            &ctx,
+            &value.layout,
+            &plan.output_offset,
+            &value.shifts,
+            out.level(),
+            out.scale(),
+        )
+        .map_err(output_offset)?;
+        ev.add_plain_assign(&mut out, &pt).map_err(output_offset)?;
+        outs.push(out);
+    }
+    Ok((outs, reports))
 }
 
-/// A per-element tensor placed by `layout` and encoded as a plaintext.
+/// Which steps of `plan` run for a batch of `images` images: those that carry one of them.
+pub fn present_steps(plan: &Plan, images: usize) -> Vec<bool> {
+    let mut present = vec![false; plan.steps.len()];
+    for (i, st) in plan.steps.iter().enumerate() {
+        present[i] = st.kind.refs().iter().any(|&r| match r {
+            Ref::Input(j) => j < images,
+            Ref::Step(j) => present[j],
+        });
+    }
+    present
+}
+
+/// A per-element tensor placed by `layout` at each of `shifts` (every image of a group) and
+/// encoded as a plaintext.
 pub fn encode_tensor(
     ctx: &blindsight_core::Context,
     layout: &SlotLayout,
     tensor: &[f64],
+    shifts: &[usize],
     level: usize,
     scale: f64,
 ) -> Result<Plaintext, CkksError> {
     let slots = layout
-        .place(tensor)
+        .place_shifted(tensor, shifts)
         .map_err(|e| CkksError::Layout(e.to_string()))?;
     Plaintext::encode_real(ctx, &slots, level, scale)
 }

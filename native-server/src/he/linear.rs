@@ -89,10 +89,10 @@ pub fn apply_sum(
         }
         // diagonals are sorted by giant step
         let mut by_giant: Vec<&[Diagonal]> = vec![&[]; plan.giants];
-        for chunk in plan.diags.chunk_by(|a, b| a.giant == b.giant) {
+        for chunk in plan.diags().chunk_by(|a, b| a.giant == b.giant) {
             by_giant[chunk[0].giant] = chunk;
         }
-        counts.plain_mults += plan.diags.len();
+        counts.plain_mults += plan.diags().len();
         prepared.push(Prepared {
             plan,
             nodes,

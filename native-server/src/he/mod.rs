@@ -268,6 +268,122 @@ pub(crate) mod tests {
         }
     }
 
+    /// A batch shares ciphertexts where the layouts leave room (here the stride-2 stage holds
+    /// four images per ciphertext), and every image's logits still match the plaintext model.
+    /// Five images: one full group and one with a single image.
+    #[test]
+    fn batched_images_match_plaintext_and_share_ciphertexts() {
+        use super::infer::evaluate_batch;
+        let ctx = Context::named("N14_TEST").unwrap();
+        let model = mini_resnet(true);
+        let batch = 5;
+        let plan = Plan::batched(&model, &ctx, batch).unwrap();
+        let single = Plan::new(&model, &ctx).unwrap();
+        // the strided stage packs images; the stage before it keeps one per ciphertext
+        let caps: Vec<(String, usize, usize)> = plan
+            .steps
+            .iter()
+            .filter(|s| s.group == 0)
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.value.capacity(),
+                    plan.steps.iter().filter(|t| t.name == s.name).count(),
+                )
+            })
+            .collect();
+        assert!(
+            caps.iter()
+                .any(|(n, c, g)| n == "conv1" && *c == 1 && *g == batch),
+            "{caps:?}"
+        );
+        assert!(
+            caps.iter()
+                .any(|(n, c, g)| n == "fc" && *c >= 4 && *g < batch),
+            "{caps:?}"
+        );
+        // the batch needs no key the single image does not
+        assert_eq!(plan.rotations, single.rotations);
+        let client =
+            Client::with_context(ctx.clone(), client_contract(&model, &plan, &ctx).unwrap())
+                .unwrap();
+        let keys = client.evaluation_keys().unwrap();
+        let images: Vec<Vec<f64>> = (0..batch as u64)
+            .map(|j| {
+                weights(model.input_shape().size(), 300 + j, 1.8)
+                    .into_iter()
+                    .map(f64::from)
+                    .collect()
+            })
+            .collect();
+        let cts: Vec<_> = images
+            .iter()
+            .map(|x| client.encrypt_tensor(x).unwrap())
+            .collect();
+        let ev = Evaluator::new(&ctx);
+        let (outs, _) = evaluate_batch(&plan, &ev, &keys, &cts, |_, _, _, _| {}).unwrap();
+        assert_eq!(outs.len(), plan.outputs.len());
+        let out = plan.output_value();
+        let mut wants = Vec::new();
+        for (j, image) in images.iter().enumerate() {
+            let (group, shift) = out.place_of(j);
+            let slots = client.decrypt_slots(&outs[group]).unwrap();
+            let got = out.layout.extract_shifted(&slots, shift).unwrap();
+            let want = plain::forward(&model, image).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() < LAYER_TOLERANCE,
+                    "image {j}: {got:?} vs {want:?}"
+                );
+            }
+            wants.push(want);
+        }
+        // the images' logits differ by far more than the tolerance: a mix-up would not pass
+        for j in 1..batch {
+            let d = wants[j]
+                .iter()
+                .zip(&wants[0])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                d > 10.0 * LAYER_TOLERANCE,
+                "images 0 and {j} too alike: {d}"
+            );
+        }
+        // the plan serves a smaller batch too, skipping the missing images' work
+        let (part, reports) =
+            evaluate_batch(&plan, &ev, &keys, &cts[..2], |_, _, _, _| {}).unwrap();
+        assert_eq!(part.len(), 1);
+        let (_, all_reports) = evaluate_batch(&plan, &ev, &keys, &cts, |_, _, _, _| {}).unwrap();
+        assert!(reports.len() < all_reports.len());
+        let slots = client.decrypt_slots(&part[0]).unwrap();
+        for (j, image) in images[..2].iter().enumerate() {
+            let (_, shift) = out.place_of(j);
+            let got = out.layout.extract_shifted(&slots, shift).unwrap();
+            let want = plain::forward(&model, image).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() < LAYER_TOLERANCE,
+                    "image {j} of 2: {got:?} vs {want:?}"
+                );
+            }
+        }
+        // no inputs, or more than the plan's batch, are refused
+        assert!(evaluate_batch(&plan, &ev, &keys, &[], |_, _, _, _| {}).is_err());
+        let six: Vec<_> = cts.iter().chain(&cts[..1]).cloned().collect();
+        assert!(evaluate_batch(&plan, &ev, &keys, &six, |_, _, _, _| {}).is_err());
+    }
+
+    #[test]
+    fn a_batch_of_one_is_the_single_image_plan() {
+        let ctx = Context::named("N14_TEST").unwrap();
+        let model = mini_resnet(true);
+        let a = Plan::new(&model, &ctx).unwrap();
+        let b = Plan::batched(&model, &ctx, 1).unwrap();
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert!(Plan::batched(&model, &ctx, 0).is_err());
+    }
+
     #[test]
     fn too_deep_models_are_refused() {
         let ctx = Context::named("N14_TEST").unwrap();

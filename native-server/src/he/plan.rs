@@ -50,20 +50,40 @@ impl PlanError {
 }
 
 /// What the planner knows about a value: `value = mult * decrypt(ct) + offset`.
+///
+/// A batch's images share ciphertexts where a layout leaves slots idle: image `k` of a
+/// ciphertext sits at `layout` shifted by `shifts[k]` slots, so a value of a batch of `B` images
+/// is `ceil(B / shifts.len())` ciphertexts (groups), image `j` in group `j / shifts.len()`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValueInfo {
     pub layout: SlotLayout,
+    pub shifts: Vec<usize>,
+    /// Every shift the layout has room for (`shifts` is its first `min(batch, room)`): batches
+    /// of every size place their outputs as a full one would, so they need no other keys.
+    pub room: Vec<usize>,
     pub level: usize,
     pub scale: f64,
     pub mult: f64,
-    /// Per element (CHW).
+    /// Per element (CHW) of one image.
     pub offset: Vec<f64>,
 }
 
-/// Where a step reads a value: the encrypted input or an earlier step.
+impl ValueInfo {
+    /// Images per ciphertext.
+    pub fn capacity(&self) -> usize {
+        self.shifts.len()
+    }
+
+    /// The group (ciphertext) and shift of image `j`.
+    pub fn place_of(&self, j: usize) -> (usize, usize) {
+        (j / self.capacity(), self.shifts[j % self.capacity()])
+    }
+}
+
+/// Where a step reads a value: the encrypted input of one image or an earlier step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ref {
-    Input,
+    Input(usize),
     Step(usize),
 }
 
@@ -130,7 +150,7 @@ impl StepKind {
 /// Turns every sum of two linear layers, each read only by the sum, into one `LinearSum` step
 /// (a residual block's last convolution and its shortcut): the shortcut's giant rotations and
 /// rescale disappear into the convolution's. Renumbers the remaining steps.
-fn fuse_linear_sums(steps: &mut Vec<Step>, output_step: &mut usize) {
+fn fuse_linear_sums(steps: &mut Vec<Step>, outputs: &mut [usize]) {
     let mut readers = vec![0usize; steps.len()];
     for st in steps.iter() {
         for r in st.kind.refs() {
@@ -139,7 +159,9 @@ fn fuse_linear_sums(steps: &mut Vec<Step>, output_step: &mut usize) {
             }
         }
     }
-    readers[*output_step] += 1;
+    for &o in outputs.iter() {
+        readers[o] += 1;
+    }
     let mut removed = vec![false; steps.len()];
     for i in 0..steps.len() {
         let StepKind::Add {
@@ -151,16 +173,23 @@ fn fuse_linear_sums(steps: &mut Vec<Step>, output_step: &mut usize) {
         if a == b || readers[a] != 1 || readers[b] != 1 {
             continue;
         }
-        let (StepKind::Linear { input: ia, lin: la }, StepKind::Linear { input: ib, lin: lb }) =
-            (&steps[a].kind, &steps[b].kind)
-        else {
-            continue;
+        let terms = |k: &StepKind| -> Vec<(Ref, LinearPlan)> {
+            match k {
+                StepKind::Linear { input, lin } => vec![(*input, (**lin).clone())],
+                StepKind::LinearSum { terms } => terms.clone(),
+                _ => Vec::new(),
+            }
         };
-        if !la.fuses_with(lb) {
+        let (ta, tb) = (terms(&steps[a].kind), terms(&steps[b].kind));
+        if ta.is_empty()
+            || tb.is_empty()
+            || !ta.iter().chain(&tb).all(|(_, l)| ta[0].1.fuses_with(l))
+        {
             continue;
         }
-        let terms = vec![(*ia, (**la).clone()), (*ib, (**lb).clone())];
-        steps[i].kind = StepKind::LinearSum { terms };
+        steps[i].kind = StepKind::LinearSum {
+            terms: ta.into_iter().chain(tb).collect(),
+        };
         removed[a] = true;
         removed[b] = true;
     }
@@ -179,17 +208,82 @@ fn fuse_linear_sums(steps: &mut Vec<Step>, output_step: &mut usize) {
         }
         st.kind.map_refs(|r| match r {
             Ref::Step(j) => Ref::Step(index[j]),
-            Ref::Input => Ref::Input,
+            input => input,
         });
         steps.push(st);
     }
-    *output_step = index[*output_step];
+    for o in outputs.iter_mut() {
+        *o = index[*o];
+    }
+}
+
+/// Orders the steps so that a batch's images go through the stages that hold one image per
+/// ciphertext one after another, each as far as the next merge, instead of all side by side:
+/// only one image's intermediate values are alive at a time. Among the steps whose inputs are
+/// ready, the one whose group starts at the lowest image goes first (ties in plan order); for a
+/// single image this is the plan order.
+fn order_depth_first(steps: &mut Vec<Step>, outputs: &mut [usize]) {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let n = steps.len();
+    let first_image = |st: &Step| st.group * st.value.capacity();
+    let mut waiting: Vec<usize> = steps
+        .iter()
+        .map(|st| {
+            st.kind
+                .refs()
+                .iter()
+                .filter(|r| matches!(r, Ref::Step(_)))
+                .count()
+        })
+        .collect();
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, st) in steps.iter().enumerate() {
+        for r in st.kind.refs() {
+            if let Ref::Step(j) = r {
+                readers[j].push(i);
+            }
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<(usize, usize)>> = (0..n)
+        .filter(|&i| waiting[i] == 0)
+        .map(|i| Reverse((first_image(&steps[i]), i)))
+        .collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(Reverse((_, i))) = ready.pop() {
+        order.push(i);
+        for &k in &readers[i] {
+            waiting[k] -= 1;
+            if waiting[k] == 0 {
+                ready.push(Reverse((first_image(&steps[k]), k)));
+            }
+        }
+    }
+    debug_assert_eq!(order.len(), n, "the steps form a DAG");
+    let mut index = vec![0; n];
+    for (new, &old) in order.iter().enumerate() {
+        index[old] = new;
+    }
+    let mut old: Vec<Option<Step>> = std::mem::take(steps).into_iter().map(Some).collect();
+    for &i in &order {
+        let mut st = old[i].take().expect("each step once");
+        st.kind.map_refs(|r| match r {
+            Ref::Step(j) => Ref::Step(index[j]),
+            input => input,
+        });
+        steps.push(st);
+    }
+    for o in outputs.iter_mut() {
+        *o = index[*o];
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     pub node: usize,
     pub name: String,
+    /// Which ciphertext of the node's value the step computes (see [`ValueInfo`]).
+    pub group: usize,
     pub kind: StepKind,
     /// The value the step produces.
     pub value: ValueInfo,
@@ -203,10 +297,12 @@ pub struct Plan {
     pub input: SlotLayout,
     pub input_level: usize,
     pub input_scale: f64,
+    /// Images evaluated together; the input is one ciphertext per image.
+    pub batch: usize,
     pub steps: Vec<Step>,
-    /// Index into `steps` of the output value.
-    pub output_step: usize,
-    /// Added to the output ciphertext at the end (the last layer's bias and carried constants).
+    /// Indices into `steps` of the output value's ciphertexts (one per group).
+    pub outputs: Vec<usize>,
+    /// Added to each image's output at the end (the last layer's bias and carried constants).
     pub output_offset: Vec<f64>,
     /// Rotation amounts (left, in slots) and the highest level each is used at.
     pub rotations: BTreeMap<usize, usize>,
@@ -217,12 +313,30 @@ pub struct Plan {
 impl Plan {
     /// Where the logits are in the decrypted slots.
     pub fn output_layout(&self) -> &SlotLayout {
-        &self.steps[self.output_step].value.layout
+        &self.output_value().layout
     }
 
-    /// Plans `model` for `ctx`; errors if the model is not made of supported layers, does not fit
-    /// one ciphertext, or is deeper than the set's levels.
+    /// The output value (logits) of every group.
+    pub fn output_value(&self) -> &ValueInfo {
+        &self.steps[self.outputs[0]].value
+    }
+
+    /// The step of the (first) output ciphertext: the only one for a single image.
+    pub fn output_step(&self) -> usize {
+        self.outputs[0]
+    }
+
+    /// Plans `model` for one image at a time.
     pub fn new(model: &Model, ctx: &Context) -> Result<Self, PlanError> {
+        Self::batched(model, ctx, 1)
+    }
+
+    /// Plans `model` for `ctx` and `batch` images evaluated together; errors if the model is not
+    /// made of supported layers, does not fit one ciphertext, or is deeper than the set's levels.
+    pub fn batched(model: &Model, ctx: &Context, batch: usize) -> Result<Self, PlanError> {
+        if batch == 0 {
+            return Err(PlanError::Output("an empty batch".into()));
+        }
         let params = ctx.params();
         let total = depth(model);
         if total > params.max_level() {
@@ -247,8 +361,11 @@ impl Plan {
         let mut planner = Planner::new(
             model,
             delta,
+            batch,
             ValueInfo {
                 layout: input.clone(),
+                shifts: vec![0],
+                room: vec![0],
                 level: input_level,
                 scale: input_scale,
                 mult: 1.0,
@@ -259,16 +376,16 @@ impl Plan {
             planner.node(i)?;
         }
         let mut steps = planner.steps;
-        let mut output_step = planner.step_of[model.output()];
-        fuse_linear_sums(&mut steps, &mut output_step);
-        steps.par_iter_mut().for_each(|st| match &mut st.kind {
-            StepKind::Linear { lin, .. } => lin.build_diagonals(model),
-            StepKind::LinearSum { terms } => {
-                terms.iter_mut().for_each(|(_, l)| l.build_diagonals(model))
+        let mut outputs = planner.step_of[model.output()].clone();
+        fuse_linear_sums(&mut steps, &mut outputs);
+        order_depth_first(&mut steps, &mut outputs);
+        // a plan shared by several steps (the clones of one image's layer) is built once
+        steps.par_iter().for_each(|st| {
+            for lin in st.kind.linear_plans() {
+                lin.build_diagonals(model)
             }
-            _ => {}
         });
-        let out = &steps[output_step].value;
+        let out = &steps[outputs[0]].value;
         if (out.mult - 1.0).abs() > 1e-12 || out.level != 0 {
             return Err(PlanError::Output(format!(
                 "a value with multiplier {} at level {}",
@@ -282,8 +399,9 @@ impl Plan {
             input,
             input_level,
             input_scale,
+            batch,
             steps,
-            output_step,
+            outputs,
             output_offset,
             rotations,
             relin_level,
@@ -339,19 +457,22 @@ fn keys_needed(steps: &[Step]) -> (BTreeMap<usize, usize>, Option<usize>) {
     (rotations, relin_level)
 }
 
-/// The planner's state while it walks the model's nodes in order: the steps so far, the step of
-/// each node, and how many nodes read each node.
+/// The planner's state while it walks the model's nodes in order: the steps so far, the steps of
+/// each node (one per group of the batch), and how many nodes read each node.
 struct Planner<'a> {
     model: &'a Model,
     delta: f64,
+    batch: usize,
     input: ValueInfo,
     steps: Vec<Step>,
-    step_of: Vec<usize>,
+    step_of: Vec<Vec<usize>>,
+    /// A linear node's input and operator, to re-plan it into another layout.
+    linear_of: Vec<Option<(Source, Operator)>>,
     readers: Vec<usize>,
 }
 
 impl<'a> Planner<'a> {
-    fn new(model: &'a Model, delta: f64, input: ValueInfo) -> Self {
+    fn new(model: &'a Model, delta: f64, batch: usize, input: ValueInfo) -> Self {
         let nodes = model.nodes();
         let mut readers = vec![0usize; nodes.len()];
         for node in nodes {
@@ -364,33 +485,55 @@ impl<'a> Planner<'a> {
         Self {
             model,
             delta,
+            batch,
             input,
             steps: Vec::with_capacity(nodes.len()),
-            step_of: vec![usize::MAX; nodes.len()],
+            step_of: vec![Vec::new(); nodes.len()],
+            linear_of: vec![None; nodes.len()],
             readers,
         }
     }
 
-    fn to_ref(&self, s: Source) -> Ref {
+    /// Where the groups of `s` are read.
+    fn refs(&self, s: Source) -> Vec<Ref> {
         match s {
-            Source::Input => Ref::Input,
-            Source::Node(j) => Ref::Step(self.step_of[j]),
+            Source::Input => (0..self.batch).map(Ref::Input).collect(),
+            Source::Node(j) => self.step_of[j].iter().map(|&i| Ref::Step(i)).collect(),
         }
     }
 
     fn value_of(&self, s: Source) -> &ValueInfo {
         match s {
             Source::Input => &self.input,
-            Source::Node(j) => &self.steps[self.step_of[j]].value,
+            Source::Node(j) => &self.steps[self.step_of[j][0]].value,
         }
     }
 
-    /// Plans node `i` (its inputs are planned) and records its step.
+    /// One step per group of `value`, each made by `kind(group)`.
+    fn per_group(
+        &self,
+        node: usize,
+        name: &str,
+        value: ValueInfo,
+        kind: impl Fn(usize) -> StepKind,
+    ) -> Vec<Step> {
+        (0..self.batch.div_ceil(value.capacity()))
+            .map(|group| Step {
+                node,
+                name: name.to_string(),
+                group,
+                kind: kind(group),
+                value: value.clone(),
+            })
+            .collect()
+    }
+
+    /// Plans node `i` (its inputs are planned) and records its steps.
     fn node(&mut self, i: usize) -> Result<(), PlanError> {
         let node = &self.model.nodes()[i];
         let name = node.name.clone();
         let src = node.inputs[0];
-        let step = match &node.op {
+        let steps = match &node.op {
             Op::Conv2d(c) => {
                 let v = self.value_of(src);
                 let raw = v
@@ -402,7 +545,8 @@ impl<'a> Planner<'a> {
                         v.layout.gap() * c.stride,
                     )
                     .map_err(|e| PlanError::layout(&name, e))?;
-                self.linear(i, name, src, Operator::Conv(i), raw)
+                self.linear_of[i] = Some((src, Operator::Conv(i)));
+                self.linear(i, &name, src, Operator::Conv(i), raw)
             }
             Op::Linear(l) => {
                 let v = self.value_of(src);
@@ -410,61 +554,154 @@ impl<'a> Planner<'a> {
                     .layout
                     .derive(l.out_features, 1, 1, v.layout.gap())
                     .map_err(|e| PlanError::layout(&name, e))?;
-                self.linear(i, name, src, Operator::Dense(i), raw)
+                self.linear_of[i] = Some((src, Operator::Dense(i)));
+                self.linear(i, &name, src, Operator::Dense(i), raw)
             }
-            &Op::Quadratic { a, b, c } => self.activation(i, name, src, a, b, c)?,
+            &Op::Quadratic { a, b, c } => self.activation(i, &name, src, a, b, c)?,
             Op::Relu => {
                 return Err(PlanError::Unsupported {
                     node: name,
                     op: "ReLU".into(),
                 })
             }
-            Op::GlobalAvgPool => self.pool(i, name, src)?,
-            Op::Add => self.add(i, name, node.inputs[0], node.inputs[1])?,
+            Op::GlobalAvgPool => self.pool(i, &name, src)?,
+            Op::Add => self.add(i, &name, node.inputs[0], node.inputs[1])?,
         };
-        self.step_of[i] = self.steps.len();
-        self.steps.push(step);
+        let first = self.steps.len();
+        self.step_of[i] = (first..first + steps.len()).collect();
+        self.steps.extend(steps);
         Ok(())
     }
 
     /// A convolution or dense layer reading `src`, writing near `raw` (shifted to keep its
-    /// rotation amounts small), output at exactly Delta one level down.
+    /// rotation amounts small), output at exactly Delta one level down. The batch's images go
+    /// to as many shifts of the output layout as it has room for.
     fn linear(
         &self,
         node: usize,
-        name: String,
+        name: &str,
         src: Source,
         op: Operator,
         raw: SlotLayout,
-    ) -> Step {
+    ) -> Vec<Step> {
         let v = self.value_of(src);
-        let outputs = raw.len();
-        let lin = LinearPlan::new(
-            self.model,
-            op.clone(),
-            v.mult,
-            v.layout.clone(),
-            raw,
-            true,
-            v.level,
-            self.delta,
-        );
-        let offset = op.apply_plain(self.model, &v.offset, outputs);
-        Step {
-            node,
-            name,
-            value: ValueInfo {
-                layout: lin.output.clone(),
-                level: v.level - 1,
-                scale: self.delta,
-                mult: 1.0,
-                offset,
-            },
-            kind: StepKind::Linear {
-                input: self.to_ref(src),
-                lin: Box::new(lin),
-            },
-        }
+        let room = raw.batch_shifts(&v.room);
+        let shifts = room[..room.len().min(self.batch)].to_vec();
+        let target = ValueInfo {
+            layout: raw,
+            shifts,
+            room,
+            level: v.level - 1,
+            scale: self.delta,
+            mult: 1.0,
+            offset: Vec::new(),
+        };
+        self.linear_steps(node, name, src, op, v.mult, &target, true)
+    }
+
+    /// The steps of linear `op` reading `src` (multiplied by `mult`) into `target`'s layout,
+    /// shifts, level and scale; with `free_offset`, `target.layout` is shifted to keep the
+    /// rotation amounts small. Each output group sums one term per input group it draws images
+    /// from (several where the batch is merged into fewer ciphertexts).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_steps(
+        &self,
+        node: usize,
+        name: &str,
+        src: Source,
+        op: Operator,
+        mult: f64,
+        target: &ValueInfo,
+        free_offset: bool,
+    ) -> Vec<Step> {
+        let v = self.value_of(src);
+        let refs = self.refs(src);
+        let plan = |output: SlotLayout, pairs: Vec<(usize, usize)>, free: bool| {
+            LinearPlan::new(
+                self.model,
+                op.clone(),
+                mult,
+                v.layout.clone(),
+                output,
+                pairs,
+                free,
+                target.level + 1,
+                target.scale,
+            )
+        };
+        // (input group, output group, input shift, output shift) of every image
+        let places: Vec<(usize, usize, usize, usize)> = (0..self.batch)
+            .map(|j| {
+                let ((gi, di), (go, dout)) = (v.place_of(j), target.place_of(j));
+                (gi, go, di, dout)
+            })
+            .collect();
+        let output = if free_offset {
+            // a batch keeps its rotation amounts small for every image a full batch would
+            // have, so that smaller batches shift their outputs the same way
+            let mut all: Vec<(usize, usize)> = if self.batch == 1 {
+                vec![(0, 0)]
+            } else {
+                let (ri, ro) = (&v.room, &target.room);
+                let n = ri.len() * ro.len();
+                (0..n)
+                    .map(|j| (ri[j % ri.len()], ro[j % ro.len()]))
+                    .collect()
+            };
+            all.sort_unstable();
+            all.dedup();
+            plan(target.layout.clone(), all, true).output
+        } else {
+            target.layout.clone()
+        };
+        let value = ValueInfo {
+            layout: output.clone(),
+            offset: op.apply_plain(self.model, &v.offset, target.layout.len()),
+            ..target.clone()
+        };
+        let groups = self.batch.div_ceil(target.capacity());
+        // one plan per distinct set of images: groups alike share it, diagonals included
+        let mut made: Vec<(Vec<(usize, usize)>, LinearPlan)> = Vec::new();
+        (0..groups)
+            .map(|go| {
+                let mut terms: Vec<(Ref, LinearPlan)> = Vec::new();
+                for (gi, &input) in refs.iter().enumerate() {
+                    let pairs: Vec<(usize, usize)> = places
+                        .iter()
+                        .filter(|p| p.0 == gi && p.1 == go)
+                        .map(|p| (p.2, p.3))
+                        .collect();
+                    if pairs.is_empty() {
+                        continue;
+                    }
+                    let lin = match made.iter().find(|(p, _)| *p == pairs) {
+                        Some((_, lin)) => lin.clone(),
+                        None => {
+                            let lin = plan(output.clone(), pairs.clone(), false);
+                            made.push((pairs, lin.clone()));
+                            lin
+                        }
+                    };
+                    terms.push((input, lin));
+                }
+                let kind = if terms.len() == 1 {
+                    let (input, lin) = terms.pop().expect("one term");
+                    StepKind::Linear {
+                        input,
+                        lin: Box::new(lin),
+                    }
+                } else {
+                    StepKind::LinearSum { terms }
+                };
+                Step {
+                    node,
+                    name: name.to_string(),
+                    group: go,
+                    kind,
+                    value: value.clone(),
+                }
+            })
+            .collect()
     }
 
     /// `a*x^2 + b*x + c` as `a*(x + b/2a)^2 + (c - b^2/4a)`: one square, `a` and the constant
@@ -472,46 +709,43 @@ impl<'a> Planner<'a> {
     fn activation(
         &self,
         node: usize,
-        name: String,
+        name: &str,
         src: Source,
         a: f64,
         b: f64,
         c: f64,
-    ) -> Result<Step, PlanError> {
+    ) -> Result<Vec<Step>, PlanError> {
         if a == 0.0 {
             return Err(PlanError::Unsupported {
-                node: name,
+                node: name.to_string(),
                 op: "a quadratic with a = 0".into(),
             });
         }
         let v = self.value_of(src);
         let m = v.mult;
-        let beta = v.offset.iter().map(|o| o / m + b / (2.0 * a * m)).collect();
+        let beta: Vec<f64> = v.offset.iter().map(|o| o / m + b / (2.0 * a * m)).collect();
         let constant = c - b * b / (4.0 * a);
-        Ok(Step {
-            node,
-            name,
-            kind: StepKind::Activation {
-                input: self.to_ref(src),
-                beta,
-            },
-            value: ValueInfo {
-                layout: v.layout.clone(),
-                level: v.level,
-                scale: v.scale * v.scale,
-                mult: a * m * m,
-                offset: vec![constant; v.offset.len()],
-            },
-        })
+        let value = ValueInfo {
+            scale: v.scale * v.scale,
+            mult: a * m * m,
+            offset: vec![constant; v.offset.len()],
+            ..v.clone()
+        };
+        let refs = self.refs(src);
+        Ok(self.per_group(node, name, value, |g| StepKind::Activation {
+            input: refs[g],
+            beta: beta.clone(),
+        }))
     }
 
     /// Sum over each channel's map by log2(H) + log2(W) rotations; the 1/HW rides in `mult`.
-    fn pool(&self, node: usize, name: String, src: Source) -> Result<Step, PlanError> {
+    /// The amounts are multiples of the gap, so each image of a group sums only its own map.
+    fn pool(&self, node: usize, name: &str, src: Source) -> Result<Vec<Step>, PlanError> {
         let v = self.value_of(src);
         let l = &v.layout;
         if !(l.height().is_power_of_two() && l.width().is_power_of_two()) {
             return Err(PlanError::Layout {
-                node: name,
+                node: name.to_string(),
                 detail: format!(
                     "pooling a {}x{} map needs power-of-two sides",
                     l.height(),
@@ -531,39 +765,36 @@ impl<'a> Planner<'a> {
             s *= 2;
         }
         let plane = l.height() * l.width();
-        let layout = l.pooled().map_err(|e| PlanError::layout(&name, e))?;
+        let layout = l.pooled().map_err(|e| PlanError::layout(name, e))?;
         let offset = v
             .offset
             .chunks(plane)
             .map(|ch| ch.iter().sum::<f64>() / plane as f64)
             .collect();
-        Ok(Step {
-            node,
-            name,
-            kind: StepKind::Pool {
-                input: self.to_ref(src),
-                amounts,
-            },
-            value: ValueInfo {
-                layout,
-                level: v.level,
-                scale: v.scale,
-                mult: v.mult / plane as f64,
-                offset,
-            },
-        })
+        let value = ValueInfo {
+            layout,
+            mult: v.mult / plane as f64,
+            offset,
+            ..v.clone()
+        };
+        let refs = self.refs(src);
+        Ok(self.per_group(node, name, value, |g| StepKind::Pool {
+            input: refs[g],
+            amounts: amounts.clone(),
+        }))
     }
 
-    /// A residual add. The deeper input fixes level, scale, layout and multiplier; the other
-    /// follows: a linear layer that only this sum reads is re-planned to write straight into the
-    /// deeper layout, anything else is moved by an identity layer of its own (one level spare).
+    /// A residual add. The deeper input fixes level, scale, layout, shifts and multiplier; the
+    /// other follows: a linear layer that only this sum reads is re-planned to write straight
+    /// into the deeper layout, anything else is moved by an identity layer of its own (one level
+    /// spare).
     fn add(
         &mut self,
         node: usize,
-        name: String,
+        name: &str,
         na: Source,
         nb: Source,
-    ) -> Result<Step, PlanError> {
+    ) -> Result<Vec<Step>, PlanError> {
         let (va, vb) = (self.value_of(na), self.value_of(nb));
         let (deep, shallow_src, shallow) = if va.level <= vb.level {
             (va.clone(), nb, vb.clone())
@@ -572,22 +803,26 @@ impl<'a> Planner<'a> {
         };
         let deep_src = if shallow_src == nb { na } else { nb };
         let compatible = shallow.layout == deep.layout
+            && shallow.shifts == deep.shifts
+            && shallow.room == deep.room
             && scales_equal(shallow.scale, deep.scale)
             && (shallow.mult / deep.mult - 1.0).abs() < 1e-12;
-        let mut inputs = [self.to_ref(na), self.to_ref(nb)];
+        let (mut ra, mut rb) = (self.refs(na), self.refs(nb));
         if !compatible {
             if shallow.level <= deep.level {
                 return Err(PlanError::Layout {
-                    node: name,
+                    node: name.to_string(),
                     detail: "both inputs at the same level but in different layouts".into(),
                 });
             }
             match self.sole_linear_reader(shallow_src) {
-                Some(step) => self.retarget(step, &deep, &name)?,
+                Some(j) => self.retarget(j, &deep, name)?,
                 None => {
-                    let moved = self.identity_move(node, &name, shallow_src, &shallow, &deep);
-                    self.steps.push(moved);
-                    inputs = [self.to_ref(deep_src), Ref::Step(self.steps.len() - 1)];
+                    let moved = self.identity_move(node, name, shallow_src, &shallow, &deep);
+                    let first = self.steps.len();
+                    let moved_refs = (first..first + moved.len()).map(Ref::Step).collect();
+                    self.steps.extend(moved);
+                    (ra, rb) = (self.refs(deep_src), moved_refs);
                 }
             }
         }
@@ -597,53 +832,49 @@ impl<'a> Planner<'a> {
             .zip(&shallow.offset)
             .map(|(x, y)| x + y)
             .collect();
-        Ok(Step {
-            node,
-            name,
-            kind: StepKind::Add { inputs },
-            value: ValueInfo { offset, ..deep },
-        })
+        let value = ValueInfo { offset, ..deep };
+        Ok(self.per_group(node, name, value, |g| StepKind::Add {
+            inputs: [ra[g], rb[g]],
+        }))
     }
 
-    /// The step of `src` if it is a linear layer that nothing but the current node reads.
+    /// The node behind `src` if it is a linear layer that nothing but the current node reads.
     fn sole_linear_reader(&self, src: Source) -> Option<usize> {
         let Source::Node(j) = src else {
             return None;
         };
-        let step = self.step_of[j];
-        let linear = matches!(self.steps[step].kind, StepKind::Linear { .. });
-        (self.readers[j] == 1 && linear).then_some(step)
+        (self.readers[j] == 1 && self.linear_of[j].is_some()).then_some(j)
     }
 
-    /// Re-plans linear step `step` to write into `target`'s layout, level and scale.
-    fn retarget(&mut self, step: usize, target: &ValueInfo, name: &str) -> Result<(), PlanError> {
-        let model = self.model;
-        let st = &mut self.steps[step];
-        if (st.value.mult / target.mult - 1.0).abs() > 1e-12 {
+    /// Re-plans linear node `j` to write into `target`'s layout, shifts, level and scale.
+    fn retarget(&mut self, j: usize, target: &ValueInfo, name: &str) -> Result<(), PlanError> {
+        let (src, op) = self.linear_of[j].clone().expect("a linear node");
+        let old = self.step_of[j].clone();
+        let first = &self.steps[old[0]];
+        if (first.value.mult / target.mult - 1.0).abs() > 1e-12 {
             return Err(PlanError::Layout {
                 node: name.to_string(),
                 detail: "inputs with different multipliers".into(),
             });
         }
-        if let StepKind::Linear { lin, .. } = &mut st.kind {
-            **lin = LinearPlan::new(
-                model,
-                lin.op.clone(),
-                lin.mult,
-                lin.input.clone(),
-                target.layout.clone(),
-                false,
-                target.level + 1,
-                target.scale,
-            );
+        let (node, step_name) = (first.node, first.name.clone());
+        let mult = self.value_of(src).mult;
+        let mut new = self.linear_steps(node, &step_name, src, op, mult, target, false);
+        if new.len() != old.len() {
+            return Err(PlanError::Layout {
+                node: name.to_string(),
+                detail: "inputs batched into different numbers of ciphertexts".into(),
+            });
         }
-        st.value.layout = target.layout.clone();
-        st.value.level = target.level;
-        st.value.scale = target.scale;
+        for (&i, mut st) in old.iter().zip(new.drain(..)) {
+            st.value.offset = std::mem::take(&mut self.steps[i].value.offset);
+            self.steps[i] = st;
+        }
         Ok(())
     }
 
-    /// An identity layer moving `from` (read at `src`) into `to`'s layout, level and multiplier.
+    /// An identity layer moving `from` (read at `src`) into `to`'s layout, shifts, level and
+    /// multiplier.
     fn identity_move(
         &self,
         node: usize,
@@ -651,28 +882,19 @@ impl<'a> Planner<'a> {
         src: Source,
         from: &ValueInfo,
         to: &ValueInfo,
-    ) -> Step {
-        let lin = LinearPlan::new(
-            self.model,
+    ) -> Vec<Step> {
+        let mut steps = self.linear_steps(
+            node,
+            &format!("{name}.shortcut"),
+            src,
             Operator::Identity,
             from.mult / to.mult,
-            from.layout.clone(),
-            to.layout.clone(),
+            to,
             false,
-            to.level + 1,
-            to.scale,
         );
-        Step {
-            node,
-            name: format!("{name}.shortcut"),
-            kind: StepKind::Linear {
-                input: self.to_ref(src),
-                lin: Box::new(lin),
-            },
-            value: ValueInfo {
-                offset: from.offset.clone(),
-                ..to.clone()
-            },
+        for st in &mut steps {
+            st.value.offset = from.offset.clone();
         }
+        steps
     }
 }
