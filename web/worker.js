@@ -450,7 +450,7 @@ async function follow(jobUrl, check, onEvent) {
  * contract's `batch.max`): each is encrypted, the ciphertexts go up together, and the one result
  * holds every image's logits. */
 async function classify({ job, images }) {
-  const name = images.length === 1 ? images[0].name : `${images.length} images`;
+  const name = images[0].name; // the job's first image (all of them are in the result)
   const gen = ++generation;
   const t0 = now();
   const steps = {};

@@ -152,6 +152,41 @@ describe('one session in the page', () => {
     t.diagnostic(`second image: ${JSON.stringify(measured.second)}`);
   });
 
+  test('several images go in one job, and each gets the plaintext model’s label', async (t) => {
+    const files = [cifarPng(2), cifarPng(3), cifarPng(4)];
+    const expected = files.map((f) => plaintextLabel(f.path));
+    const mark = requests.length;
+    await page.setInputFiles('[data-testid=image-input]', files.map((f) => f.path));
+    await page.waitForSelector(`[data-testid=result][data-state=done][data-file="${files[0].name}"]`, {
+      timeout: 300_000,
+      state: 'attached',
+    });
+    const result = await page.evaluate(() => window.blindsight.results.at(-1));
+    assert.deepEqual(result.images.map((r) => r.name), files.map((f) => f.name));
+    assert.deepEqual(result.images.map((r) => r.label), expected);
+    // one row per image on the page, the first one's bars shown
+    const rows = await page.$$eval('[data-testid=batch-results] li', (lis) => lis.map((li) => li.dataset.label));
+    assert.deepEqual(rows, expected);
+    assert.equal((await page.textContent('[data-testid=label]')).trim(), expected[0]);
+    const mine = requests.slice(mark);
+    const jobs = jobPosts(mine);
+    assert.equal(jobs.length, 1, 'one job for the three images');
+    assert.equal(jobs[0].body.length, 3 * contract.input.bytes, 'three ciphertexts of the contract’s size');
+    assert.equal(keyPuts(mine).length, 0, 'no key is uploaded again');
+    // a click shows another image's bars
+    await page.click('[data-testid=batch-results] li[data-index="2"]');
+    assert.equal((await page.textContent('[data-testid=label]')).trim(), expected[2]);
+    await shot(page, 'batch');
+    measured.batch = {
+      images: files.length,
+      labels: result.images.map((r) => r.label),
+      pickToLabelSeconds: result.pickToLabel,
+      serverSeconds: result.serverSeconds,
+      uploadBytes: result.steps.upload.bytes,
+    };
+    t.diagnostic(`three images in one job: ${JSON.stringify(measured.batch)}`);
+  });
+
   test('the secret key never leaves the page', async (t) => {
     const stored = await storedSession(page);
     assert.ok(stored, 'the page keeps its session in IndexedDB');

@@ -1,6 +1,7 @@
 //! The benchmark pipeline: keys, encryption, encrypted evaluation and decryption of CIFAR test
 //! images, timed per step and compared with the plaintext reference.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use blindsight_core::{CkksError, Context, EvaluationKeys, Evaluator};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::client_contract;
-use crate::he::infer::{evaluate, evaluate_batch, StepReport};
+use crate::he::infer::{evaluate, evaluate_batch, present_steps, StepReport};
 use crate::he::plan::Plan;
 use crate::model::Model;
 use crate::plain;
@@ -103,6 +104,9 @@ pub struct BatchResult {
     pub max_abs_logit_error: f64,
     /// Peak resident memory during the batch (reset before it where the kernel allows).
     pub peak_rss_bytes: Option<u64>,
+    /// Seconds spent in steps by how many images their ciphertext holds (1: the per-image
+    /// stage, then the merged ones): where a batch's time goes.
+    pub seconds_by_packing: BTreeMap<usize, f64>,
 }
 
 impl Session {
@@ -135,8 +139,18 @@ impl Session {
         let ev = Evaluator::new(&self.ctx);
         reset_peak_rss();
         let t0 = Instant::now();
-        let (outs, _) = evaluate_batch(plan, &ev, &self.keys, &cts, |i, n, _, _| progress(i, n))?;
+        let (outs, reports) =
+            evaluate_batch(plan, &ev, &self.keys, &cts, |i, n, _, _| progress(i, n))?;
         let eval = t0.elapsed();
+        let mut seconds_by_packing = BTreeMap::new();
+        let ran = plan
+            .steps
+            .iter()
+            .zip(present_steps(plan, inputs.len()))
+            .filter_map(|(st, p)| p.then_some(st));
+        for (st, r) in ran.zip(&reports) {
+            *seconds_by_packing.entry(st.value.capacity()).or_insert(0.0) += r.time.as_secs_f64();
+        }
         let peak_rss_bytes = peak_rss_bytes();
         let out = plan.output_value();
         let mut he_labels = Vec::with_capacity(inputs.len());
@@ -156,6 +170,7 @@ impl Session {
             he_labels,
             max_abs_logit_error: worst,
             peak_rss_bytes,
+            seconds_by_packing,
         })
     }
 }
@@ -249,6 +264,9 @@ pub struct BatchReport {
     pub max_abs_logit_error: f64,
     /// Largest peak resident memory of a batch evaluation (keys included).
     pub peak_rss_bytes: Option<u64>,
+    /// Median over batches of the seconds spent in steps whose ciphertext holds this many
+    /// images (JSON keys are the counts).
+    pub seconds_by_packing: BTreeMap<usize, f64>,
 }
 
 /// The CKKS parameter set of a run.
@@ -348,6 +366,22 @@ pub fn batch_report(
             .map(|(_, b)| b.max_abs_logit_error)
             .fold(0.0, f64::max),
         peak_rss_bytes: batches.iter().filter_map(|(_, b)| b.peak_rss_bytes).max(),
+        seconds_by_packing: {
+            let packings: std::collections::BTreeSet<usize> = batches
+                .iter()
+                .flat_map(|(_, b)| b.seconds_by_packing.keys().copied())
+                .collect();
+            packings
+                .into_iter()
+                .map(|k| {
+                    let v = batches
+                        .iter()
+                        .map(|(_, b)| b.seconds_by_packing.get(&k).copied().unwrap_or(0.0))
+                        .collect();
+                    (k, median(v))
+                })
+                .collect()
+        },
     }
 }
 

@@ -75,15 +75,47 @@ pub fn client_contract(
     })
 }
 
+/// What a server evaluates and serves: the single-image plan, the plan of the largest batch (up
+/// to `max_batch` images, or as many as one output ciphertext holds; none for 1, or where a
+/// batch would need keys one image does not), and the contract describing both.
+pub fn server_contract(
+    model: &Model,
+    ctx: &Context,
+    max_batch: usize,
+) -> Result<(Plan, Option<Plan>, ClientContract), PlanOrKeyError> {
+    let plan = Plan::new(model, ctx)?;
+    let mut contract = client_contract(model, &plan, ctx)?;
+    if max_batch < 2 {
+        return Ok((plan, None, contract));
+    }
+    let mut largest = Plan::batched(model, ctx, max_batch)?;
+    let room = largest.output_value().room.len();
+    if largest.outputs.len() > 1 && room > 1 {
+        largest = Plan::batched(model, ctx, room)?;
+    }
+    match add_batch(&mut contract, &plan, &largest) {
+        Ok(()) => Ok((plan, Some(largest), contract)),
+        Err(e) => {
+            tracing::warn!("one image per job: {e}");
+            Ok((plan, None, contract))
+        }
+    }
+}
+
+/// Why a server's plans or contract could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanOrKeyError {
+    #[error(transparent)]
+    Plan(#[from] crate::he::plan::PlanError),
+    #[error(transparent)]
+    Ckks(#[from] CkksError),
+}
+
 /// Adds jobs of several images to `contract` (made from the single-image plan): `largest` is the
 /// plan of the largest batch, which evaluates every smaller one too (the missing images'
 /// steps skipped); its output, one ciphertext, says where each image's logits are. It must need
 /// no key the single image does not. The plan hash then covers the batch too.
-pub fn add_batch(
-    contract: &mut ClientContract,
-    single: &Plan,
-    largest: &Plan,
-) -> Result<(), String> {
+fn add_batch(contract: &mut ClientContract, single: &Plan, largest: &Plan) -> Result<(), String> {
     let out = largest.output_value();
     if largest.outputs.len() != 1 || out.shifts.len() != largest.batch {
         return Err(format!(

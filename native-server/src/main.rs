@@ -171,7 +171,8 @@ struct ClassifyArgs {
     /// made here, only ciphertexts and public keys are sent.
     #[arg(long, value_name = "URL", conflicts_with = "plaintext")]
     server: Option<String>,
-    /// More images to classify through the server, reusing the session's keys.
+    /// More images to classify through the server, reusing the session's keys: they go in jobs
+    /// of up to the server's batch (`batch.max` in its contract), which share ciphertexts.
     #[arg(value_name = "MORE", requires = "server")]
     more: Vec<PathBuf>,
 }
@@ -335,15 +336,26 @@ fn classify_remote(url: &str, args: &ClassifyArgs) -> anyhow::Result<()> {
             t0.elapsed().as_secs_f64()
         );
         let mut report = String::new();
-        for path in images {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let rgba = blindsight_server::image_input::decode_rgba(&bytes)
-                .with_context(|| format!("reading {}", path.display()))?;
+        // several images go in jobs of up to the contract's batch, sharing ciphertexts
+        let max = contract.batch.max.max(1);
+        for chunk in images.chunks(max) {
+            let mut decoded = Vec::with_capacity(chunk.len());
+            for path in chunk {
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let rgba = blindsight_server::image_input::decode_rgba(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                decoded.push(rgba);
+            }
+            let inputs: Vec<(&[u8], u32, u32)> = decoded
+                .iter()
+                .map(|im| (im.as_raw().as_slice(), im.width(), im.height()))
+                .collect();
+            let names: Vec<String> = chunk.iter().map(|p| p.display().to_string()).collect();
             let bar = step_bar(0, "server");
             let t1 = Instant::now();
-            let (prediction, _) = session
-                .classify_rgba(rgba.as_raw(), rgba.width(), rgba.height(), |p| {
+            let (predictions, _) = session
+                .classify_many(&inputs, |p| {
                     if let Progress::Event(e) = p {
                         match e.event.as_str() {
                             "queued" => {
@@ -359,15 +371,21 @@ fn classify_remote(url: &str, args: &ClassifyArgs) -> anyhow::Result<()> {
                     }
                 })
                 .await
-                .with_context(|| format!("classifying {}", path.display()))?;
+                .with_context(|| format!("classifying {}", names.join(", ")))?;
             bar.finish_and_clear();
-            report += &format!(
-                "{}: {} ({:.4}), {:.1} s\n",
-                path.display(),
-                prediction.label,
-                prediction.probabilities[prediction.index],
-                t1.elapsed().as_secs_f64()
-            );
+            let seconds = t1.elapsed().as_secs_f64();
+            for (name, prediction) in names.iter().zip(&predictions) {
+                report += &format!(
+                    "{name}: {} ({:.4}), {seconds:.1} s{}\n",
+                    prediction.label,
+                    prediction.probabilities[prediction.index],
+                    if chunk.len() > 1 {
+                        format!(" for a job of {} images", chunk.len())
+                    } else {
+                        String::new()
+                    }
+                );
+            }
         }
         // the session's keys are of no further use to anyone
         let _ = session

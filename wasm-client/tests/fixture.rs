@@ -7,8 +7,7 @@
 
 use blindsight_client::ClientContract;
 use blindsight_core::Context;
-use blindsight_server::contract::client_contract;
-use blindsight_server::he::plan::Plan;
+use blindsight_server::contract::server_contract;
 use blindsight_server::model::Model;
 
 const FIXTURE: &str = concat!(
@@ -27,8 +26,8 @@ const MINI_FIXTURE: &str = concat!(
 /// `fixture`.
 fn check_fixture(model: &Model, params: &str, fixture: &str) -> (ClientContract, String) {
     let ctx = Context::named(params).unwrap();
-    let plan = Plan::new(model, &ctx).unwrap();
-    let contract = client_contract(model, &plan, &ctx).unwrap();
+    let defaults = blindsight_server::api::ServeConfig::default();
+    let (_, _, contract) = server_contract(model, &ctx, defaults.max_batch).unwrap();
     let json = contract.to_json() + "\n";
     if std::env::var_os("BLESS").is_some_and(|v| v == "1") {
         std::fs::write(fixture, &json).unwrap();

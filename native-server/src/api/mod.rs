@@ -29,8 +29,7 @@ use std::time::Duration;
 use blindsight_client::ClientContract;
 use blindsight_core::Context;
 
-use crate::contract::{add_batch, client_contract};
-use crate::he::plan::Plan;
+use crate::contract::server_contract;
 use crate::model::Model;
 use jobs::{Engine, JobQueue, QueueConfig};
 use listener::ConnLimits;
@@ -112,30 +111,9 @@ impl AppState {
     /// disk) and starts the workers.
     pub fn new(model: &Model, config: ServeConfig) -> anyhow::Result<Arc<Self>> {
         let ctx = Context::named(&config.params)?;
-        let plan = Arc::new(Plan::new(model, &ctx)?);
-        let mut contract = client_contract(model, &plan, &ctx)?;
-        // the plan of the largest batch, made now (a job never waits for planning), serves
-        // every batch: up to `max_batch` images, or as many as one output ciphertext holds
-        let batch = match config.max_batch {
-            0 | 1 => None,
-            max => {
-                let mut p = Plan::batched(model, &ctx, max)?;
-                let room = p.output_value().room.len();
-                if p.outputs.len() > 1 && room > 1 {
-                    p = Plan::batched(model, &ctx, room)?;
-                }
-                match add_batch(&mut contract, &plan, &p) {
-                    Ok(()) => {
-                        tracing::info!(images = p.batch, "batches");
-                        Some(Arc::new(p))
-                    }
-                    Err(e) => {
-                        tracing::warn!("one image per job: {e}");
-                        None
-                    }
-                }
-            }
-        };
+        // both plans are made now: a job never waits for planning
+        let (plan, batch, contract) = server_contract(model, &ctx, config.max_batch)?;
+        let (plan, batch) = (Arc::new(plan), batch.map(Arc::new));
         let contract = Arc::new(contract);
         let contract_json = contract.to_json();
         let sessions = Arc::new(SessionStore::open(
