@@ -788,6 +788,9 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
         s += "\n";
     }
     s += &format!("total: {rots} rotations, {diags} plaintext multiplications\n");
+    if batched {
+        s += &describe_packing(plan);
+    }
     s += &format!("rotation keys ({}):", plan.rotations.len());
     for (a, l) in &plan.rotations {
         s += &format!(" {a}@{l}");
@@ -797,6 +800,45 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
         key_bytes as f64 / 1e6,
         plan.relin_level
     );
+    s
+}
+
+/// A batch's layout per stage: runs of model nodes whose values pack the images alike.
+fn describe_packing(plan: &Plan) -> String {
+    let mut firsts: Vec<&blindsight_server::he::plan::Step> =
+        plan.steps.iter().filter(|st| st.group == 0).collect();
+    firsts.sort_by_key(|st| st.node);
+    firsts.dedup_by_key(|st| st.node);
+    let mut s = format!("batch layout per stage ({} images):\n", plan.batch);
+    let mut i = 0;
+    while i < firsts.len() {
+        let v = &firsts[i].value;
+        let key = (v.layout.gap(), v.shifts.clone());
+        let mut j = i;
+        while j + 1 < firsts.len()
+            && (
+                firsts[j + 1].value.layout.gap(),
+                firsts[j + 1].value.shifts.clone(),
+            ) == key
+        {
+            j += 1;
+        }
+        let l = &v.layout;
+        let groups = plan.batch.div_ceil(v.capacity());
+        s += &format!(
+            "  {} .. {}: {}x{}x{} gap {}, {} image(s) per ciphertext at shifts {:?}, {} ciphertext(s)\n",
+            firsts[i].name,
+            firsts[j].name,
+            l.channels(),
+            l.height(),
+            l.width(),
+            l.gap(),
+            v.capacity(),
+            v.shifts,
+            groups
+        );
+        i = j + 1;
+    }
     s
 }
 

@@ -58,3 +58,50 @@ fn encrypted_resnet20_matches_the_plaintext_model() {
         result.max_abs_logit_error
     );
 }
+
+/// Three images as one job of the server's batch plan (made for 8, the missing images skipped),
+/// read back by the client through the contract's batch spec, as the page and `classify --server`
+/// do: every label equals the plaintext label, every logit within the tolerance.
+#[test]
+#[ignore = "the whole ResNet-20: scripts/test.sh runs it optimized (--release --include-ignored)"]
+fn a_batch_through_the_contract_matches_the_plaintext_model() {
+    use blindsight_client::Client;
+    use blindsight_core::{Context, Evaluator};
+    use blindsight_server::contract::server_contract;
+    use blindsight_server::he::infer::evaluate_batch;
+    blindsight_core::memory::keep_freed_memory();
+    let model = Model::embedded().unwrap();
+    let ctx = Context::named("N16_L39").unwrap();
+    let (_, batch, contract) = server_contract(&model, &ctx, 8).unwrap();
+    let batch = batch.expect("ResNet-20 batches");
+    assert_eq!(contract.batch.max, 8);
+    let client = Client::with_context(ctx.clone(), contract).unwrap();
+    let keys = client.evaluation_keys().unwrap();
+    let path = cifar::test_batch(&data_dir(), true);
+    let records = cifar::read(&path, 0, 3)
+        .unwrap_or_else(|e| panic!("the test needs the CIFAR-10 test images: {e}"));
+    let inputs: Vec<Vec<f64>> = records
+        .iter()
+        .map(|r| r.model_input(&model).unwrap())
+        .collect();
+    let cts: Vec<_> = inputs
+        .iter()
+        .map(|x| client.encrypt_tensor(x).unwrap())
+        .collect();
+    let (outs, _) =
+        evaluate_batch(&batch, &Evaluator::new(&ctx), &keys, &cts, |_, _, _, _| {}).unwrap();
+    assert_eq!(outs.len(), 1);
+    let bytes = outs[0].to_bytes(&ctx).unwrap();
+    let predictions = client.decrypt_batch_result(&bytes, inputs.len()).unwrap();
+    for (input, p) in inputs.iter().zip(&predictions) {
+        let want = plain::forward(&model, input).unwrap();
+        for (a, b) in p.logits.iter().zip(&want) {
+            assert!(
+                (a - b).abs() < LOGIT_TOLERANCE,
+                "{:?} vs {want:?}",
+                p.logits
+            );
+        }
+        assert_eq!(p.index, argmax(&want));
+    }
+}

@@ -59,8 +59,9 @@ pub fn evaluate(
 }
 
 /// Runs `plan` on a batch of inputs, one ciphertext per image, 1 to `plan.batch` of them: a plan
-/// made for a batch serves every smaller one, the missing images' steps and terms skipped (so
-/// a batch costs what its images need). Returns the output ciphertexts of the groups that hold
+/// made for a batch serves every smaller one, the steps of the missing images' own ciphertexts
+/// skipped (so a batch costs about what its images need) and their slots in shared ciphertexts
+/// filled with copies of present images (which keep every slot in the model's range). Returns the output ciphertexts of the groups that hold
 /// images (image `j`'s logits are where [`Plan::output_value`] places them) and a report per
 /// step evaluated.
 pub fn evaluate_batch(
@@ -91,11 +92,34 @@ pub fn evaluate_batch(
         }
     }
     let ctx = ev.context().clone();
-    // last reader of every step's value, to free ciphertexts early
     let n = plan.steps.len();
+    let present = present_steps(plan, inputs.len());
+    // A term whose images are missing still writes their slots, from a present ciphertext of the
+    // same value (its group 0): slots left empty would carry the bias alone through the squares,
+    // outside the range the model was trained for, until they overflow the modulus and take
+    // every slot with them. Copies of real images stay in range.
+    let stand_in = |r: Ref| -> Option<Ref> {
+        match r {
+            Ref::Step(j) if !present[j] => {
+                let node = plan.steps[j].node;
+                (0..n)
+                    .find(|&k| present[k] && plan.steps[k].node == node && plan.steps[k].group == 0)
+                    .map(Ref::Step)
+            }
+            Ref::Input(j) if j >= inputs.len() => Some(Ref::Input(0)),
+            r => Some(r),
+        }
+    };
+    let terms_of = |st: &crate::he::plan::Step| -> Vec<Ref> {
+        st.kind.refs().into_iter().filter_map(stand_in).collect()
+    };
+    // last reader of every step's value, to free ciphertexts early
     let mut last_use: Vec<usize> = (0..n).collect();
     for (i, st) in plan.steps.iter().enumerate() {
-        for r in st.kind.refs() {
+        if !present[i] {
+            continue;
+        }
+        for r in terms_of(st) {
             if let Ref::Step(j) = r {
                 last_use[j] = i;
             }
@@ -106,11 +130,6 @@ pub fn evaluate_batch(
     }
     let mut values: Vec<Option<Ciphertext>> = vec![None; n];
     let mut reports = Vec::with_capacity(n);
-    let present = present_steps(plan, inputs.len());
-    let is_present = |r: &Ref| match *r {
-        Ref::Input(j) => j < inputs.len(),
-        Ref::Step(j) => present[j],
-    };
     let total = present.iter().filter(|&&p| p).count();
     let mut done = 0;
     for (i, st) in plan.steps.iter().enumerate() {
@@ -143,8 +162,10 @@ pub fn evaluate_batch(
             ),
             StepKind::LinearSum { terms } => {
                 let mut pairs = Vec::with_capacity(terms.len());
-                for (r, l) in terms.iter().filter(|(r, _)| is_present(r)) {
-                    pairs.push((l, get(*r)?));
+                for (r, l) in terms {
+                    if let Some(r) = stand_in(*r) {
+                        pairs.push((l, get(r)?));
+                    }
                 }
                 (
                     apply_sum(ev, keys, &pairs, &mut counts).map_err(wrap)?,
@@ -198,7 +219,7 @@ pub fn evaluate_batch(
         done += 1;
         progress(done, total, &st.name, &out);
         values[i] = Some(out);
-        for r in st.kind.refs() {
+        for r in terms_of(st) {
             if let Ref::Step(j) = r {
                 if last_use[j] == i {
                     values[j] = None;
