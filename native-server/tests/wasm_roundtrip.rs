@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 
 use blindsight_client::{Client, ClientContract};
 use blindsight_core::{Ciphertext, Context, EvaluationKeys, Evaluator, SwitchingKey};
-use blindsight_server::contract::client_contract;
+use blindsight_server::contract::server_contract;
 use blindsight_server::he::infer::evaluate;
-use blindsight_server::he::plan::Plan;
 use blindsight_server::model::Model;
 use blindsight_server::plain;
 
@@ -35,8 +34,9 @@ fn read(name: &str) -> Vec<u8> {
 fn what_wasm_made_evaluates_here_to_the_plaintext_label() {
     let model = Model::from_dir(&root().join("native-server/tests/fixtures/mini_resnet")).unwrap();
     let ctx = Context::named("N14_TEST").unwrap();
-    let plan = Plan::new(&model, &ctx).unwrap();
-    let contract = client_contract(&model, &plan, &ctx).unwrap();
+    // the contract the server serves (batches included), and its single-image plan
+    let max_batch = blindsight_server::api::ServeConfig::default().max_batch;
+    let (plan, _, contract) = server_contract(&model, &ctx, max_batch).unwrap();
     let fixture =
         std::fs::read(root().join("wasm-client/tests/fixtures/mini_contract.json")).unwrap();
     assert_eq!(
