@@ -119,18 +119,8 @@ impl Session {
         inputs: &[Vec<f64>],
         mut progress: impl FnMut(usize, usize),
     ) -> anyhow::Result<BatchResult> {
-        for (amount, level) in &plan.rotations {
-            if self
-                .plan
-                .rotations
-                .get(amount)
-                .is_none_or(|have| have < level)
-            {
-                anyhow::bail!("the batch plan needs a rotation key by {amount} at level {level}");
-            }
-        }
-        if plan.relin_level > self.plan.relin_level {
-            anyhow::bail!("the batch plan needs a higher relinearization key");
+        if !plan.keys_covered_by(&self.plan) {
+            anyhow::bail!("the batch plan needs evaluation keys this session did not make");
         }
         let cts = inputs
             .iter()
@@ -155,10 +145,14 @@ impl Session {
         let out = plan.output_value();
         let mut he_labels = Vec::with_capacity(inputs.len());
         let mut worst = 0.0f64;
+        // each output ciphertext decrypted once, however many images it holds
+        let decrypted = outs
+            .iter()
+            .map(|ct| self.client.decrypt_slots(ct))
+            .collect::<Result<Vec<_>, _>>()?;
         for (j, input) in inputs.iter().enumerate() {
             let (group, shift) = out.place_of(j);
-            let slots = self.client.decrypt_slots(&outs[group])?;
-            let logits = out.layout.extract_shifted(&slots, shift)?;
+            let logits = out.layout.extract_shifted(&decrypted[group], shift)?;
             let reference = plain::forward(model, input)?;
             for (a, b) in logits.iter().zip(&reference) {
                 worst = worst.max((a - b).abs());

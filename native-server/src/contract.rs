@@ -124,11 +124,7 @@ fn add_batch(contract: &mut ClientContract, single: &Plan, largest: &Plan) -> Re
             out.shifts.len()
         ));
     }
-    let covered = largest
-        .rotations
-        .iter()
-        .all(|(a, l)| single.rotations.get(a).is_some_and(|have| have >= l));
-    if !covered || largest.relin_level > single.relin_level {
+    if !largest.keys_covered_by(single) {
         return Err("a batch would need evaluation keys that one image does not".into());
     }
     // the batch's output layout is the single image's, moved: the shifts are counted from

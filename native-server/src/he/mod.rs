@@ -324,19 +324,23 @@ pub(crate) mod tests {
         let (outs, _) = evaluate_batch(&plan, &ev, &keys, &cts, |_, _, _, _| {}).unwrap();
         assert_eq!(outs.len(), plan.outputs.len());
         let out = plan.output_value();
-        let mut wants = Vec::new();
-        for (j, image) in images.iter().enumerate() {
-            let (group, shift) = out.place_of(j);
-            let slots = client.decrypt_slots(&outs[group]).unwrap();
-            let got = out.layout.extract_shifted(&slots, shift).unwrap();
+        // one image's logits, read at its shift, against the plaintext model's (returned)
+        let check_image = |slots: &[f64], shift: usize, image: &[f64], what: &str| {
+            let got = out.layout.extract_shifted(slots, shift).unwrap();
             let want = plain::forward(&model, image).unwrap();
             for (g, w) in got.iter().zip(&want) {
                 assert!(
                     (g - w).abs() < LAYER_TOLERANCE,
-                    "image {j}: {got:?} vs {want:?}"
+                    "{what}: {got:?} vs {want:?}"
                 );
             }
-            wants.push(want);
+            want
+        };
+        let mut wants = Vec::new();
+        for (j, image) in images.iter().enumerate() {
+            let (group, shift) = out.place_of(j);
+            let slots = client.decrypt_slots(&outs[group]).unwrap();
+            wants.push(check_image(&slots, shift, image, &format!("image {j}")));
         }
         // the images' logits differ by far more than the tolerance: a mix-up would not pass
         for j in 1..batch {
@@ -359,14 +363,7 @@ pub(crate) mod tests {
         let slots = client.decrypt_slots(&part[0]).unwrap();
         for (j, image) in images[..2].iter().enumerate() {
             let (_, shift) = out.place_of(j);
-            let got = out.layout.extract_shifted(&slots, shift).unwrap();
-            let want = plain::forward(&model, image).unwrap();
-            for (g, w) in got.iter().zip(&want) {
-                assert!(
-                    (g - w).abs() < LAYER_TOLERANCE,
-                    "image {j} of 2: {got:?} vs {want:?}"
-                );
-            }
+            check_image(&slots, shift, image, &format!("image {j} of 2"));
         }
         // no inputs, or more than the plan's batch, are refused
         assert!(evaluate_batch(&plan, &ev, &keys, &[], |_, _, _, _| {}).is_err());

@@ -321,9 +321,13 @@ impl Plan {
         &self.steps[self.outputs[0]].value
     }
 
-    /// The step of the (first) output ciphertext: the only one for a single image.
-    pub fn output_step(&self) -> usize {
-        self.outputs[0]
+    /// Whether the keys made for `other` serve this plan too: every rotation amount it uses at
+    /// or above the level it is needed at, and relinearization high enough.
+    pub fn keys_covered_by(&self, other: &Plan) -> bool {
+        self.rotations
+            .iter()
+            .all(|(a, l)| other.rotations.get(a).is_some_and(|have| have >= l))
+            && self.relin_level <= other.relin_level
     }
 
     /// Plans `model` for one image at a time.
