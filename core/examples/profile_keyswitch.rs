@@ -4,7 +4,7 @@
 //!     cargo run --release -p blindsight-core --example profile_keyswitch -- N16_D20 8 [THREADS]
 use std::time::Instant;
 
-use blindsight_core::keyswitch::{mod_down, Decomposition};
+use blindsight_core::keyswitch::Decomposition;
 use blindsight_core::*;
 
 /// Median of `iters` timed calls (this VM's timings drift: the mean follows the outliers).
@@ -55,17 +55,18 @@ fn main() {
     });
     let mut coeff = ct.parts()[1].clone();
     lc.q.inverse(&mut coeff);
-    let d0 = &lc.mod_up[0];
+    let sw = ctx.switching(top, top).expect("top level");
+    let d0 = &sw.mod_up[0];
     let part = coeff.slice_limbs(d0.range.clone());
     time("ModUp convert (1 digit)", iters, || d0.conv.convert(&part));
     time("decomposition", iters, || {
-        Decomposition::new(&ctx, top, &ct.parts()[1])
+        Decomposition::new(&ctx, top, top, &ct.parts()[1])
     });
-    let dec = Decomposition::new(&ctx, top, &ct.parts()[1]);
+    let dec = Decomposition::new(&ctx, top, top, &ct.parts()[1]);
     let key = keys.galois(ctx.galois_element(1)).unwrap();
     time("inner product", iters, || dec.inner_product(&ctx, key));
     let (b, _a) = dec.inner_product(&ctx, key);
-    time("ModDown (1 poly)", iters, || mod_down(&ctx, top, &b));
+    time("ModDown (1 poly)", iters, || dec.mod_down(&b));
     time("rotate", iters, || ev.rotate(&ct, 1, &keys).unwrap());
     let mut relin_keys = EvaluationKeys::new(&ctx);
     relin_keys.insert(kg.relin_key(top).unwrap()).unwrap();

@@ -1,6 +1,6 @@
-//! Everything precomputed for one parameter set: NTT plans, the bases of every level with and
-//! without the special primes, the ModUp and ModDown converters of hybrid key switching, the
-//! encoder tables and the automorphism permutations (built on first use, then shared).
+//! Everything precomputed for one parameter set: NTT plans, the bases of every level, the encoder
+//! tables, and (built on first use, then shared) the ModUp and ModDown converters of hybrid key
+//! switching for each pair of ciphertext level and key layout, and the automorphism permutations.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,18 +8,50 @@ use std::sync::{Arc, Mutex};
 use crate::encoder::Encoder;
 use crate::error::{CkksError, ParamsError};
 use crate::ntt::automorphism_permutation;
-use crate::params::Params;
+use crate::params::{KeyLayout, Params};
 use crate::rns::{BasisConverter, ModDown, RnsBasis};
 
 /// Precomputation for ciphertexts at one level l (primes q0..ql).
 pub struct LevelContext {
     /// Q_l.
     pub q: RnsBasis,
-    /// Q_l followed by P.
+}
+
+/// Key switching of a ciphertext at level l with a key of one layout (made at level >= l).
+pub struct SwitchContext {
+    pub layout: KeyLayout,
+    /// Q_l followed by the layout's special primes P.
     pub qp: RnsBasis,
     /// For each digit j: conversion from its primes to the rest of Q_l ++ P.
     pub mod_up: Vec<DigitConverter>,
     pub mod_down: ModDown,
+}
+
+impl SwitchContext {
+    fn new(q: &RnsBasis, p: &RnsBasis, level: usize, layout: KeyLayout) -> Self {
+        let ql = q.slice(0..level + 1);
+        let p = p.slice(0..layout.special);
+        let alpha = layout.alpha;
+        let mod_up = (0..layout.digits(level))
+            .map(|j| {
+                let range = j * alpha..((j + 1) * alpha).min(level + 1);
+                let rest = ql
+                    .slice(0..range.start)
+                    .concat(&ql.slice(range.end..level + 1))
+                    .concat(&p);
+                DigitConverter {
+                    conv: BasisConverter::new(&ql.slice(range.clone()), &rest),
+                    range,
+                }
+            })
+            .collect();
+        Self {
+            layout,
+            qp: ql.concat(&p),
+            mod_down: ModDown::new(&ql, &p),
+            mod_up,
+        }
+    }
 }
 
 /// ModUp of one digit: which limbs of Q_l it holds and how to convert it to the others.
@@ -38,6 +70,7 @@ pub struct Context {
     /// p0..p(K-1).
     p: RnsBasis,
     levels: Vec<LevelContext>,
+    switches: Mutex<HashMap<(usize, KeyLayout), Arc<SwitchContext>>>,
     perms: Mutex<HashMap<u64, Arc<Vec<u32>>>>,
 }
 
@@ -54,30 +87,9 @@ impl Context {
         let n = params.n();
         let q = RnsBasis::new(n, params.q()).ok_or(ParamsError::NoPrimes { bits: 0 })?;
         let p = RnsBasis::new(n, params.p()).ok_or(ParamsError::NoPrimes { bits: 0 })?;
-        let alpha = params.alpha();
         let levels = (0..=params.max_level())
-            .map(|l| {
-                let ql = q.slice(0..l + 1);
-                let qp = ql.concat(&p);
-                let mod_up = (0..params.digits_at(l))
-                    .map(|j| {
-                        let range = j * alpha..((j + 1) * alpha).min(l + 1);
-                        let rest = ql
-                            .slice(0..range.start)
-                            .concat(&ql.slice(range.end..l + 1))
-                            .concat(&p);
-                        DigitConverter {
-                            conv: BasisConverter::new(&ql.slice(range.clone()), &rest),
-                            range,
-                        }
-                    })
-                    .collect();
-                LevelContext {
-                    mod_down: ModDown::new(&ql, &p),
-                    q: ql,
-                    qp,
-                    mod_up,
-                }
+            .map(|l| LevelContext {
+                q: q.slice(0..l + 1),
             })
             .collect();
         Ok(Arc::new(Self {
@@ -86,6 +98,7 @@ impl Context {
             q,
             p,
             levels,
+            switches: Mutex::new(HashMap::new()),
             perms: Mutex::new(HashMap::new()),
         }))
     }
@@ -129,6 +142,37 @@ impl Context {
         }
         Ok(())
     }
+    /// Key switching at ciphertext level `level` (checked by the caller) with a key made at
+    /// `key_level >= level`, under that key's layout; built on first use.
+    pub(crate) fn switch_ctx(&self, level: usize, key_level: usize) -> Arc<SwitchContext> {
+        let layout = self.params.key_layout(key_level);
+        let mut cache = self.switches.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry((level, layout))
+            .or_insert_with(|| Arc::new(SwitchContext::new(&self.q, &self.p, level, layout)))
+            .clone()
+    }
+
+    /// The precomputation of a key switch at `level` with a key made at `key_level`; an error
+    /// unless `level <= key_level <= L`.
+    pub fn switching(
+        &self,
+        level: usize,
+        key_level: usize,
+    ) -> Result<Arc<SwitchContext>, CkksError> {
+        self.check_level(key_level)?;
+        if level > key_level {
+            return Err(CkksError::KeyLevel { key_level, level });
+        }
+        Ok(self.switch_ctx(level, key_level))
+    }
+
+    /// Q_l followed by the special primes of a key made at level l: a switching key's basis.
+    pub fn key_basis(&self, level: usize) -> Result<RnsBasis, CkksError> {
+        self.check_level(level)?;
+        Ok(self.switch_ctx(level, level).qp.clone())
+    }
+
     pub fn q_basis(&self) -> &RnsBasis {
         &self.q
     }

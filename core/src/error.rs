@@ -17,6 +17,8 @@ pub enum ParamsError {
     PrimeSize,
     #[error("dnum {0} must be between 1 and the number of Q primes")]
     Dnum(usize),
+    #[error("the special primes cannot cover a key-switching digit of level {level} with at most {dnum} digits")]
+    SpecialModulus { level: usize, dnum: usize },
     #[error("log2 of the scale {0} must be between 1 and 61")]
     Scale(u32),
     #[error("not enough NTT-friendly primes of {bits} bits")]

@@ -12,7 +12,7 @@ use crate::ciphertext::Ciphertext;
 use crate::context::Context;
 use crate::error::CkksError;
 use crate::keys::{EvaluationKeys, SwitchingKey};
-use crate::keyswitch::{mod_down, switch_key, Decomposition};
+use crate::keyswitch::{switch_key, Decomposition};
 use crate::par;
 use crate::plaintext::{Plaintext, SmallPlaintext};
 use crate::rns::RnsPoly;
@@ -406,7 +406,7 @@ impl Evaluator {
         Self::check_degree1(a)?;
         let key = keys.galois(g)?;
         self.check_key(key, a.level)?;
-        let dec = Decomposition::new(&self.ctx, a.level, &a.c[1]);
+        let dec = Decomposition::new(&self.ctx, a.level, key.level, &a.c[1]);
         Ok(self.galois_from_decomposition(a, &dec, g, key))
     }
 
@@ -422,10 +422,7 @@ impl Evaluator {
     ) -> Ciphertext {
         let perm = self.ctx.permutation(g);
         let (b, k) = dec.inner_product(&self.ctx, key);
-        let (mut u0, u1) = par::join(
-            || mod_down(&self.ctx, a.level, &b),
-            || mod_down(&self.ctx, a.level, &k),
-        );
+        let (mut u0, u1) = par::join(|| dec.mod_down(&b), || dec.mod_down(&k));
         let basis = self.basis(a.level);
         basis.add_assign(&mut u0, &a.c[0]);
         let (c0, c1) = par::join(|| basis.permute(&u0, &perm), || basis.permute(&u1, &perm));
@@ -451,8 +448,9 @@ impl Evaluator {
         self.apply_galois(a, self.ctx.conjugation_element(), keys)
     }
 
-    /// Several rotations of one ciphertext sharing a single decomposition (hoisting): the
-    /// ModUp is paid once, each amount then costs an inner product and a ModDown.
+    /// Several rotations of one ciphertext sharing a decomposition (hoisting): the ModUp is paid
+    /// once per key layout among the keys (once when they were made for the same level), each
+    /// amount then costs an inner product and a ModDown.
     pub fn rotate_hoisted(
         &self,
         a: &Ciphertext,
@@ -471,13 +469,29 @@ impl Evaluator {
             self.check_key(key, a.level)?;
             ks.push(key);
         }
-        let dec = Decomposition::new(&self.ctx, a.level, &a.c[1]);
+        // one decomposition per distinct key layout, made for the first key of that layout
+        let mut decs: Vec<Decomposition> = Vec::new();
+        let mut dec_of = Vec::with_capacity(ks.len());
+        for (&g, key) in gs.iter().zip(&ks) {
+            if g == 1 {
+                dec_of.push(usize::MAX);
+                continue;
+            }
+            let i = match decs.iter().position(|d| d.fits(&self.ctx, key)) {
+                Some(i) => i,
+                None => {
+                    decs.push(Decomposition::new(&self.ctx, a.level, key.level, &a.c[1]));
+                    decs.len() - 1
+                }
+            };
+            dec_of.push(i);
+        }
         // the amounts are independent: in parallel they scale better than one key switch's limbs
         Ok(par::map_range(gs.len(), |i| {
             if gs[i] == 1 {
                 a.clone()
             } else {
-                self.galois_from_decomposition(a, &dec, gs[i], ks[i])
+                self.galois_from_decomposition(a, &decs[dec_of[i]], gs[i], ks[i])
             }
         }))
     }

@@ -62,7 +62,7 @@ impl<'a> KeyGenerator<'a> {
     /// Relinearization key serving ciphertext levels up to `level`.
     pub fn relin_key(&mut self, level: usize) -> Result<SwitchingKey, CkksError> {
         self.ctx.check_level(level)?;
-        let basis = &self.ctx.level_ctx(level).qp;
+        let basis = &self.ctx.switch_ctx(level, level).qp;
         let s = self.sk.at_qp(self.ctx, level);
         let s2 = SecretPoly::new(basis.mul(&s, &s));
         Ok(self.switching_key(KeyKind::Relin, level, s, &s2))
@@ -75,7 +75,7 @@ impl<'a> KeyGenerator<'a> {
         if g.is_multiple_of(2) || g >= two_n {
             return Err(CkksError::MissingGaloisKey(g));
         }
-        let basis = &self.ctx.level_ctx(level).qp;
+        let basis = &self.ctx.switch_ctx(level, level).qp;
         let s = self.sk.at_qp(self.ctx, level);
         let sg = SecretPoly::new(basis.permute(&s, &self.ctx.permutation(g)));
         Ok(self.switching_key(KeyKind::Galois(g), level, s, &sg))
@@ -100,24 +100,23 @@ impl<'a> KeyGenerator<'a> {
         s_new: &RnsPoly,
     ) -> SwitchingKey {
         let ctx = self.ctx;
-        let lc = ctx.level_ctx(level);
+        let lc = ctx.switch_ctx(level, level);
         let basis = &lc.qp;
-        let digits = ctx.params().digits_at(level);
+        let digits = lc.mod_up.len();
         let seed = os_seed();
         let a = SwitchingKey::expand_a(ctx, level, digits, &seed);
         let mut neg_s = s;
         basis.neg_assign(&mut neg_s);
         // P mod q_i for the gadget term
-        let p_mod_q: Vec<u64> =
-            lc.q.moduli()
-                .iter()
-                .map(|m| {
-                    ctx.p_basis()
-                        .moduli()
-                        .iter()
-                        .fold(1u64, |acc, p| m.mul(acc, m.reduce(p.value())))
-                })
-                .collect();
+        let special = &ctx.p_basis().moduli()[..lc.layout.special];
+        let p_mod_q: Vec<u64> = basis.moduli()[..level + 1]
+            .iter()
+            .map(|m| {
+                special
+                    .iter()
+                    .fold(1u64, |acc, p| m.mul(acc, m.reduce(p.value())))
+            })
+            .collect();
         let mut b = Vec::with_capacity(digits);
         for (j, a_j) in a.iter().enumerate() {
             // b_j = e_j - a_j*s + P*g_j*s_new

@@ -1,9 +1,10 @@
 //! The public evaluation objects: the public key, the key-switching keys of hybrid key switching
 //! (relinearization and Galois keys), and the set of them a server holds for one session.
 //!
-//! A switching key made at level k covers q0..qk plus P and works at every level <= k, because the
-//! digits are fixed by prime index. Keys made for the levels where they are used are smaller,
-//! which is what the browser uploads. The secret key and the key generator are in `secret_key`
+//! A switching key made at level k covers q0..qk plus the special primes of k's layout
+//! ([`KeyLayout`](crate::params::KeyLayout)) and works at every level <= k, because the digits are
+//! fixed by prime index. Keys made for the levels where they are used are smaller (fewer primes of
+//! Q, and fewer digits and special primes below the top), which is what the browser uploads. The secret key and the key generator are in `secret_key`
 //! and `keygen`, which only the client side builds.
 
 use std::collections::HashMap;
@@ -77,7 +78,7 @@ impl SwitchingKey {
         digits: usize,
         seed: &[u8; 32],
     ) -> Vec<RnsPoly> {
-        let basis = &ctx.level_ctx(level).qp;
+        let basis = &ctx.switch_ctx(level, level).qp;
         (0..digits)
             .map(|j| expand_uniform(basis, seed, j as u64))
             .collect()
@@ -116,7 +117,7 @@ impl EvaluationKeys {
             return Err(CkksError::ParamsMismatch);
         }
         if let KeyKind::Galois(g) = key.kind {
-            let basis = &self.ctx.level_ctx(key.level).qp;
+            let basis = &self.ctx.switch_ctx(key.level, key.level).qp;
             let inv = self
                 .ctx
                 .permutation(inverse_mod_2n(g, 2 * self.ctx.n() as u64));

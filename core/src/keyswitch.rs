@@ -8,9 +8,13 @@
 //!    automorphism sigma is a gather folded into the product.
 //! 3. `mod_down`: division by P back to Q_l.
 //!
-//! Relinearization and rotations share this one gadget product.
+//! Relinearization and rotations share this one gadget product. The digits and the special modulus
+//! are the key's (its [`KeyLayout`](crate::params::KeyLayout), chosen by the level it was made
+//! for), so one decomposition serves every key of the same layout.
 
-use crate::context::Context;
+use std::sync::Arc;
+
+use crate::context::{Context, SwitchContext};
 use crate::keys::SwitchingKey;
 use crate::par;
 use crate::rns::{ConvInput, RnsPoly};
@@ -19,6 +23,7 @@ use crate::rns::{ConvInput, RnsPoly};
 /// one limb-major buffer (digit j is limbs `j * |Q_l ++ P|..`).
 pub struct Decomposition {
     pub level: usize,
+    sw: Arc<SwitchContext>,
     digits: RnsPoly,
     count: usize,
 }
@@ -32,11 +37,15 @@ impl Decomposition {
     /// NTT) or converted from the digit's terms and transformed while in cache. With dnum = 3
     /// digits on two threads, a pass per digit left one thread idle for a third of each
     /// decomposition and synchronized ten times instead of twice.
-    pub fn new(ctx: &Context, level: usize, c: &RnsPoly) -> Self {
-        let lc = ctx.level_ctx(level);
+    ///
+    /// `key_level` is the level the keys to be used were made for (at least `level`): it fixes
+    /// the digits and the special primes.
+    pub fn new(ctx: &Context, level: usize, key_level: usize, c: &RnsPoly) -> Self {
+        let sw = ctx.switch_ctx(level, key_level);
+        let lc = &*sw;
         let nq = level + 1;
         let n = ctx.n();
-        let width = nq + ctx.p_basis().len();
+        let width = lc.qp.len();
         let count = lc.mod_up.len();
         let digit_of = |i: usize| {
             lc.mod_up
@@ -55,7 +64,7 @@ impl Decomposition {
         };
         let mut terms = RnsPoly::from_limbs(n, nq, |i, limb| {
             limb.copy_from_slice(c.limb(i));
-            lc.q.ntt(i).inverse_unnormalized(limb);
+            lc.qp.ntt(i).inverse_unnormalized(limb);
             let (d, s) = source(i);
             d.conv.source_term_in_place(s, how, limb);
         });
@@ -103,9 +112,15 @@ impl Decomposition {
         });
         Self {
             level,
+            sw,
             digits,
             count,
         }
+    }
+
+    /// Whether a key can be used with this decomposition (made with the same layout).
+    pub fn fits(&self, ctx: &Context, key: &SwitchingKey) -> bool {
+        key.level >= self.level && ctx.params().key_layout(key.level) == self.sw.layout
     }
 
     /// Limb `i` of Q_l ++ P of digit `j`.
@@ -115,11 +130,12 @@ impl Decomposition {
     }
 
     /// `(sum_j d_j * b_j, sum_j d_j * a_j)` over Q_l ++ P. The key may be made for a higher
-    /// level: its limbs for q0..ql and P are used.
+    /// level (of the same layout, see [`Decomposition::fits`]): its limbs for q0..ql and P are
+    /// used.
     pub fn inner_product(&self, ctx: &Context, key: &SwitchingKey) -> (RnsPoly, RnsPoly) {
+        debug_assert!(self.fits(ctx, key));
         let l = self.level;
-        let lc = ctx.level_ctx(l);
-        let basis = &lc.qp;
+        let basis = &self.sw.qp;
         let n = ctx.n();
         let nq = l + 1;
         let key_nq = key.level + 1;
@@ -137,9 +153,11 @@ impl Decomposition {
     }
 }
 
-/// Division by P: Q_l ++ P (NTT form) to Q_l (NTT form).
-pub fn mod_down(ctx: &Context, level: usize, x: &RnsPoly) -> RnsPoly {
-    ctx.level_ctx(level).mod_down.apply(x)
+impl Decomposition {
+    /// Division by P: an inner product's Q_l ++ P (NTT form) back to Q_l (NTT form).
+    pub fn mod_down(&self, x: &RnsPoly) -> RnsPoly {
+        self.sw.mod_down.apply(x)
+    }
 }
 
 /// Full key switch of `c` (NTT form over Q_level): returns `(u0, u1)` over Q_level with
@@ -150,8 +168,8 @@ pub fn switch_key(
     c: &RnsPoly,
     key: &SwitchingKey,
 ) -> (RnsPoly, RnsPoly) {
-    let dec = Decomposition::new(ctx, level, c);
+    let dec = Decomposition::new(ctx, level, key.level, c);
     let (b, a) = dec.inner_product(ctx, key);
-    let (u0, u1) = par::join(|| mod_down(ctx, level, &b), || mod_down(ctx, level, &a));
+    let (u0, u1) = par::join(|| dec.mod_down(&b), || dec.mod_down(&a));
     (u0, u1)
 }

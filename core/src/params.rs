@@ -37,7 +37,9 @@ pub struct ParamSpec {
     pub q_bits: Vec<u32>,
     /// Bit sizes of the special primes p0..p(K-1).
     pub p_bits: Vec<u32>,
-    /// Number of digits of the key-switching decomposition (1..=L+1).
+    /// Most digits a key-switching key may have (1..=L+1). Each key level gets the fewest digits
+    /// whose largest one the special primes cover (see [`KeyLayout`]); construction fails if some
+    /// level would need more than `dnum`.
     pub dnum: usize,
     /// log2 of the default scale Delta.
     pub log_scale: u32,
@@ -85,6 +87,31 @@ impl ParamSpec {
     }
 }
 
+/// Extra bits of the special modulus over a key's largest digit. Key-switching noise is about
+/// `2^9 * D / P` per coefficient (digit D, special modulus P, N = 2^16); 5 bits keep it at a
+/// quarter of ModDown's own rounding (about 2^6). With P below D it grows fast: a special modulus
+/// 10 bits short of a digit gave a rotation error of 4.5 at 2^25.
+pub const SPECIAL_MARGIN_BITS: f64 = 5.0;
+
+/// How a switching key made for ciphertext level `l` is built: digits of `alpha` primes of Q_l
+/// (by prime index, so the key also serves every lower level) and the first `special` primes of
+/// P. Sized per level: a key used only at low levels gets one digit and a special modulus just
+/// above Q_l instead of the top level's, which is what makes it smaller and its switches cheaper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyLayout {
+    /// Primes of Q per digit (the last digit may be shorter).
+    pub alpha: usize,
+    /// Special primes: P is p0..p(special-1).
+    pub special: usize,
+}
+
+impl KeyLayout {
+    /// Digits of a decomposition at ciphertext `level` under this layout.
+    pub fn digits(&self, level: usize) -> usize {
+        (level + 1).div_ceil(self.alpha)
+    }
+}
+
 /// A validated parameter set with its primes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Params {
@@ -93,8 +120,8 @@ pub struct Params {
     q: Vec<u64>,
     p: Vec<u64>,
     log_qp: f64,
-    /// Primes per key-switching digit (the last digit may be shorter).
-    alpha: usize,
+    /// The key layout of each level.
+    layouts: Vec<KeyLayout>,
     fingerprint: [u8; 32],
 }
 
@@ -154,11 +181,21 @@ impl Params {
                 bound,
             });
         }
-        let alpha = spec.q_bits.len().div_ceil(spec.dnum);
+        let layouts = (0..q.len())
+            .map(|l| {
+                key_layout(&q[..=l], &p, spec.dnum).ok_or(ParamsError::SpecialModulus {
+                    level: l,
+                    dnum: spec.dnum,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut h = Sha256::new();
-        h.update(b"blindsight-ckks-params-v1");
+        h.update(b"blindsight-ckks-params-v2");
         h.update(spec.log_n.to_le_bytes());
-        h.update((alpha as u32).to_le_bytes());
+        for k in &layouts {
+            h.update((k.alpha as u32).to_le_bytes());
+            h.update((k.special as u32).to_le_bytes());
+        }
         for list in [&q, &p] {
             h.update((list.len() as u32).to_le_bytes());
             for x in list.iter() {
@@ -173,7 +210,7 @@ impl Params {
             q,
             p,
             log_qp,
-            alpha,
+            layouts,
             fingerprint,
         })
     }
@@ -217,17 +254,19 @@ impl Params {
     pub fn log_q_at(&self, level: usize) -> f64 {
         self.q[..=level].iter().map(|&x| (x as f64).log2()).sum()
     }
+    /// Digits of a top-level key (the most any key has).
     pub fn dnum(&self) -> usize {
-        self.spec.dnum
+        self.digits_at(self.max_level())
     }
-    /// Primes per digit. Digits are fixed by prime index, so a key made at one level also works
-    /// at every lower level.
-    pub fn alpha(&self) -> usize {
-        self.alpha
+    /// The layout of a switching key made for ciphertext level `level` (at most the top level).
+    /// Digits are fixed by prime index, so such a key also works at every lower level, under its
+    /// own layout.
+    pub fn key_layout(&self, level: usize) -> KeyLayout {
+        self.layouts[level.min(self.layouts.len() - 1)]
     }
-    /// Digits a key or decomposition at `level` has.
+    /// Digits of a key made at `level`.
     pub fn digits_at(&self, level: usize) -> usize {
-        (level + 1).div_ceil(self.alpha)
+        self.key_layout(level).digits(level)
     }
     pub fn default_scale(&self) -> f64 {
         (self.spec.log_scale as f64).exp2()
@@ -237,6 +276,22 @@ impl Params {
     pub fn fingerprint(&self) -> &[u8; 32] {
         &self.fingerprint
     }
+}
+
+/// The smallest digit count (at most `max_digits`) whose largest digit of `q` the special primes
+/// cover with [`SPECIAL_MARGIN_BITS`] to spare, and the fewest leading special primes that do.
+fn key_layout(q: &[u64], p: &[u64], max_digits: usize) -> Option<KeyLayout> {
+    let bits = |xs: &[u64]| xs.iter().map(|&x| (x as f64).log2()).sum::<f64>();
+    for digits in 1..=max_digits.min(q.len()) {
+        let alpha = q.len().div_ceil(digits);
+        let widest = q.chunks(alpha).map(bits).fold(0.0, f64::max);
+        if let Some(special) =
+            (1..=p.len()).find(|&k| bits(&p[..k]) >= widest + SPECIAL_MARGIN_BITS)
+        {
+            return Some(KeyLayout { alpha, special });
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -265,6 +320,67 @@ mod tests {
         let levels = 2 * p.max_level();
         assert!(levels >= 39, "{levels}");
         assert!(p.q().iter().all(|&q| q < 1 << 50), "IFMA-friendly");
+    }
+
+    #[test]
+    fn key_layouts_shrink_with_the_level() {
+        let p = Params::named("N16_L39").unwrap();
+        let bits = |xs: &[u64]| xs.iter().map(|&x| (x as f64).log2()).sum::<f64>();
+        let mut last_size = 0;
+        for l in 0..=p.max_level() {
+            let k = p.key_layout(l);
+            // every digit is covered by the special primes with the margin
+            let widest = p.q()[..=l].chunks(k.alpha).map(bits).fold(0.0, f64::max);
+            assert!(
+                bits(&p.p()[..k.special]) >= widest + SPECIAL_MARGIN_BITS,
+                "{l}"
+            );
+            // and one fewer special prime would not be
+            assert!(
+                bits(&p.p()[..k.special - 1]) < widest + SPECIAL_MARGIN_BITS,
+                "{l}"
+            );
+            let size = k.digits(l) * (l + 1 + k.special);
+            assert!(size >= last_size, "keys grow with the level");
+            last_size = size;
+        }
+        // two digits at the top (the bound leaves no room for one), one below level 12
+        assert_eq!(
+            p.key_layout(20),
+            KeyLayout {
+                alpha: 11,
+                special: 12
+            }
+        );
+        assert_eq!(p.dnum(), 2);
+        assert_eq!(
+            p.key_layout(12),
+            KeyLayout {
+                alpha: 7,
+                special: 8
+            }
+        );
+        assert_eq!(
+            p.key_layout(6),
+            KeyLayout {
+                alpha: 7,
+                special: 8
+            }
+        );
+        assert_eq!(
+            p.key_layout(1),
+            KeyLayout {
+                alpha: 2,
+                special: 3
+            }
+        );
+        // too few special primes for any digit count allowed
+        let mut spec = ParamSpec::named("N14_TEST").unwrap();
+        spec.dnum = 2;
+        assert!(matches!(
+            spec.build(),
+            Err(ParamsError::SpecialModulus { .. })
+        ));
     }
 
     #[test]

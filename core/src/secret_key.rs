@@ -34,11 +34,12 @@ impl SecretKey {
         SecretPoly::new(self.ntt.slice_limbs(0..level + 1))
     }
 
-    /// NTT form over q0..q_level followed by P, copied once into a buffer of its final size.
+    /// NTT form over q0..q_level followed by the special primes of a key made at `level`, copied
+    /// once into a buffer of its final size.
     pub(crate) fn at_qp(&self, ctx: &Context, level: usize) -> SecretPoly {
         let nq = level + 1;
         let p_start = ctx.max_level() + 1;
-        let limbs = nq + ctx.p_basis().len();
+        let limbs = nq + ctx.params().key_layout(level).special;
         SecretPoly::new(RnsPoly::from_limbs(ctx.n(), limbs, |i, limb| {
             let src = if i < nq { i } else { p_start + i - nq };
             limb.copy_from_slice(self.ntt.limb(src));

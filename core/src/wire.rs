@@ -351,8 +351,8 @@ pub fn ciphertext_size(
 /// Serialized size of a switching key made at `level`.
 /// An error for a level the parameter set does not have.
 pub fn switching_key_size(ctx: &Context, level: usize) -> Result<usize, CkksError> {
-    let qp = &ctx.level(level)?.qp;
-    Ok(HEADER + 9 + 32 + packed_len(qp, ctx.params().digits_at(level)))
+    let qp = ctx.key_basis(level)?;
+    Ok(HEADER + 9 + 32 + packed_len(&qp, ctx.params().digits_at(level)))
 }
 
 /// Serialized size of the public key.
@@ -508,7 +508,7 @@ impl SwitchingKey {
         w.bytes(&[self.b.len() as u8]);
         w.bytes(&self.seed);
         w.polys(
-            &ctx.level_ctx(self.level).qp,
+            &ctx.switch_ctx(self.level, self.level).qp,
             &self.b.iter().collect::<Vec<_>>(),
         );
         Ok(w.out)
@@ -536,7 +536,7 @@ impl SwitchingKey {
             return Err(WireError::Field("digits"));
         }
         let seed = r.seed()?;
-        let b = r.polys(&ctx.level_ctx(level).qp, digits)?;
+        let b = r.polys(&ctx.switch_ctx(level, level).qp, digits)?;
         Ok(Self {
             kind: key_kind,
             level,
@@ -727,7 +727,7 @@ mod tests {
     fn every_object_refuses_trailing_bytes_and_header_variants() {
         let ctx = tiny();
         let (max, q) = (ctx.max_level(), |l: usize| ctx.level_ctx(l).q.clone());
-        let qp = |l: usize| ctx.level_ctx(l).qp.clone();
+        let qp = |l: usize| ctx.key_basis(l).unwrap();
         let scale = 2f64.powi(25);
         type Parse = fn(&Context, &[u8], usize) -> Result<(), WireError>;
         let ct: Parse = |c, b, l| Ciphertext::from_bytes(c, b, l).map(|_| ());
@@ -952,7 +952,7 @@ mod tests {
         let low = zero_object(&ctx, Kind::PublicKey, FLAG_SEEDED, 0, &[0; 32], &q0, 1);
         assert!(PublicKey::from_bytes(&ctx, &low, usize::MAX).is_err());
         // Galois elements are odd and below 2N; a relinearization key has none
-        let qp0 = ctx.level_ctx(0).qp.clone();
+        let qp0 = ctx.key_basis(0).unwrap();
         let key = |kind, g: u64| {
             let mut f = g.to_le_bytes().to_vec();
             f.push(ctx.params().digits_at(0) as u8);

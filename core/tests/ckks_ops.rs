@@ -539,6 +539,45 @@ fn key_switching_precision_at_the_resnet_set() {
     }
 }
 
+/// Keys made for low levels have their own layout (one digit, a special modulus just above Q_l):
+/// they are smaller, agree with a top-level key to within ModDown's rounding, and a hoisted
+/// rotation that mixes the two layouts matches separate rotations.
+#[test]
+fn low_level_keys_have_a_smaller_layout_and_mix_with_top_keys() {
+    let ctx = Context::named("N16_L39").unwrap();
+    let sk = SecretKey::generate(&ctx);
+    let mut kg = KeyGenerator::new(&ctx, &sk);
+    let (top, low) = (ctx.max_level(), 6);
+    let mut keys = EvaluationKeys::new(&ctx);
+    let top_key = kg.rotation_key(1, top).unwrap();
+    let low_key = kg.rotation_key(2, low).unwrap();
+    assert_eq!((top_key.digits(), low_key.digits()), (2, 1));
+    // 7 + 8 limbs against 2 x (21 + 12)
+    assert_eq!(low_key.memory_bytes() * 66, top_key.memory_bytes() * 15);
+    keys.insert(top_key).unwrap();
+    keys.insert(low_key).unwrap();
+    keys.insert(kg.relin_key(low).unwrap()).unwrap();
+    let ev = Evaluator::new(&ctx);
+    let n = ctx.params().slots();
+    let x = values(n, 41);
+    let scale = ctx.params().default_scale();
+    for level in [low, 3, 1] {
+        let pt = Plaintext::encode_real(&ctx, &x, level, scale).unwrap();
+        let ct = Encryptor::new(&ctx).encrypt_sk(&pt, &sk).unwrap();
+        let hoisted = ev.rotate_hoisted(&ct, &[1, 2], &keys).unwrap();
+        for (r, h) in [1, 2].into_iter().zip(&hoisted) {
+            let want: Vec<f64> = (0..n).map(|i| x[(i + r) % n]).collect();
+            let single = decrypt_with(&ctx, &sk, &ev.rotate(&ct, r as i64, &keys).unwrap());
+            let err = max_err(&single, &want);
+            assert!(err < 1e-2, "rotation {r} at level {level}: {err}");
+            assert!(max_err(&decrypt_with(&ctx, &sk, h), &single) < 1e-6);
+        }
+        let sq = decrypt_with(&ctx, &sk, &ev.square_relin(&ct, &keys).unwrap());
+        let want: Vec<f64> = x.iter().map(|v| v * v).collect();
+        assert!(max_err(&sq, &want) < 1e-2, "square at level {level}");
+    }
+}
+
 #[test]
 fn in_place_forms_equal_the_allocating_ones() {
     let f = fixture();

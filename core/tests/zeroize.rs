@@ -601,7 +601,7 @@ fn add_derived(s: &mut Searches, r: &Reference, public: &PublicCopies) {
     }
     // switching keys: a_j*s and e_j = b_j + a_j*s - P*g_j*s_new
     for (kind, level, bs, as_) in &public.keys {
-        let lc = r.ctx.level(*level).unwrap();
+        let layout = r.ctx.params().key_layout(*level);
         for (j, (b_j, a_j)) in bs.iter().zip(as_).enumerate() {
             for i in 0..b_j.num_limbs() {
                 let k = r.prime(*level, i);
@@ -613,11 +613,8 @@ fn add_derived(s: &mut Searches, r: &Reference, public: &PublicCopies) {
                     mul_add(m, a_j.limb(i), &r.s[k], &zero),
                 );
                 let mut e = mul_add(m, a_j.limb(i), &r.s[k], b_j.limb(i));
-                if lc.mod_up[j].range.contains(&i) {
-                    let p_mod_q = r
-                        .ctx
-                        .p_basis()
-                        .moduli()
+                if i <= *level && i / layout.alpha == j {
+                    let p_mod_q = r.ctx.p_basis().moduli()[..layout.special]
                         .iter()
                         .fold(1u64, |acc, p| m.mul(acc, m.reduce(p.value())));
                     let s_new = match kind {

@@ -68,7 +68,7 @@ fn q_primes(ctx: &Context, level: usize) -> Vec<u64> {
 
 fn qp_primes(ctx: &Context, level: usize) -> Vec<u64> {
     let mut v = q_primes(ctx, level);
-    v.extend_from_slice(ctx.params().p());
+    v.extend_from_slice(&ctx.params().p()[..ctx.params().key_layout(level).special]);
     v
 }
 

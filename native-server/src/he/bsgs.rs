@@ -5,8 +5,11 @@
 //! amounts `a = slot(in) - slot(out)`. Writing `a = g*G + b` (`G` = one channel block), the baby
 //! amounts `b` are the few spatial shifts of a convolution kernel and the giant steps `g` the channel
 //! offsets: `out = V_0 + rot_G(V_1 + rot_G(V_2 + ...))` with `V_g = sum_b rot_{-gG}(d_{gG+b}) * rot_b(in)`.
-//! Baby rotations are composed from power-of-two steps along a shared prefix tree (hoisted per parent)
-//! and the giant chain uses the single amount `G`, so a whole network needs only a handful of keys.
+//! Baby rotations are composed along a shared prefix tree (hoisted per parent) and the giant chain
+//! uses the single amount `G`, so a whole network needs only a handful of keys. The tree's steps
+//! are powers of two, or, where keys are large (two-digit levels, see [`BabySteps`]), only the
+//! input layout's one-pixel and one-row steps: three decompositions more per 3x3 layer, two keys
+//! fewer at the top levels.
 //! All amounts are non-negative left rotations: the planner shifts output layouts to make them so.
 
 use std::collections::{BTreeSet, HashMap};
@@ -24,6 +27,16 @@ pub struct TreeNode {
     pub parent: usize,
     pub step: usize,
     pub amount: usize,
+}
+
+/// How baby amounts are composed from keyed rotations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BabySteps {
+    /// Binary expansion: each power of two is a key; fewest decompositions.
+    Binary,
+    /// Only the input layout's row step (`gap * row`), pixel step (`gap`) and 1: the fewest
+    /// keys, for the levels where each key is largest.
+    Layout,
 }
 
 /// A planned linear layer: layouts, level, scales and the rotation structure.
@@ -72,6 +85,7 @@ impl LinearPlan {
         free_offset: bool,
         level: usize,
         out_scale: f64,
+        steps: BabySteps,
     ) -> Self {
         let giant = input.block();
         let outputs = output_raw.len();
@@ -111,7 +125,16 @@ impl LinearPlan {
         });
         let babies: Vec<usize> = babies.into_iter().collect();
         let giants = last_giant + 1;
-        let (tree, baby_node) = baby_tree(&babies);
+        let steps = match steps {
+            BabySteps::Binary => None,
+            BabySteps::Layout => {
+                let (pixel, row) = (input.gap(), input.gap() * input.row());
+                let mut v = vec![row, pixel, 1];
+                v.dedup();
+                Some(v)
+            }
+        };
+        let (tree, baby_node) = baby_tree(&babies, steps.as_deref());
         Self {
             op,
             mult,
@@ -197,8 +220,29 @@ pub(crate) fn for_each_amount(
     }
 }
 
-/// Prefix tree of the babies' binary expansions (high bits first): node 0 is the input itself.
-fn baby_tree(babies: &[usize]) -> (Vec<TreeNode>, Vec<usize>) {
+/// The steps that compose `b`, largest first: its binary expansion, or greedily from `steps`
+/// (descending, ending in 1, so every amount has a path).
+fn path(b: usize, steps: Option<&[usize]>) -> Vec<usize> {
+    match steps {
+        None => (0..usize::BITS)
+            .rev()
+            .map(|bit| 1usize << bit)
+            .filter(|&step| b & step != 0)
+            .collect(),
+        Some(steps) => {
+            let mut rest = b;
+            let mut out = Vec::new();
+            for &step in steps {
+                out.extend(std::iter::repeat_n(step, rest / step));
+                rest %= step;
+            }
+            out
+        }
+    }
+}
+
+/// Prefix tree of the babies' paths (largest steps first): node 0 is the input itself.
+fn baby_tree(babies: &[usize], steps: Option<&[usize]>) -> (Vec<TreeNode>, Vec<usize>) {
     let mut tree = vec![TreeNode {
         parent: 0,
         step: 0,
@@ -208,11 +252,7 @@ fn baby_tree(babies: &[usize]) -> (Vec<TreeNode>, Vec<usize>) {
     let mut baby_node = Vec::with_capacity(babies.len());
     for &b in babies {
         let (mut cur, mut acc) = (0usize, 0usize);
-        for bit in (0..usize::BITS).rev() {
-            let step = 1usize << bit;
-            if b & step == 0 {
-                continue;
-            }
+        for step in path(b, steps) {
             acc += step;
             cur = *by_amount.entry(acc).or_insert_with(|| {
                 tree.push(TreeNode {
@@ -235,7 +275,7 @@ mod tests {
     #[test]
     fn baby_tree_shares_prefixes() {
         let babies = [0, 1, 2, 32, 33, 34, 64, 65, 66];
-        let (tree, node) = baby_tree(&babies);
+        let (tree, node) = baby_tree(&babies, None);
         // 1, 2, 32, 64 from the root; 33, 34 under 32; 65, 66 under 64
         assert_eq!(tree.len(), 9);
         for (i, &b) in babies.iter().enumerate() {
@@ -245,5 +285,26 @@ mod tests {
             assert!(t.step.is_power_of_two());
             assert_eq!(tree[t.parent].amount + t.step, t.amount);
         }
+        let parents = |tree: &[TreeNode]| {
+            let mut p: Vec<usize> = tree[1..].iter().map(|t| t.parent).collect();
+            p.sort_unstable();
+            p.dedup();
+            p.len()
+        };
+        assert_eq!(parents(&tree), 3);
+        // from the layout's steps only: the same 8 rotations with keys 1 and 32, 6 parents
+        let (tree, node) = baby_tree(&babies, Some(&[32, 1]));
+        assert_eq!(tree.len(), 9);
+        for (i, &b) in babies.iter().enumerate() {
+            assert_eq!(tree[node[i]].amount, b);
+        }
+        for t in &tree[1..] {
+            assert!(t.step == 1 || t.step == 32);
+            assert_eq!(tree[t.parent].amount + t.step, t.amount);
+        }
+        assert_eq!(parents(&tree), 6);
+        // an amount off the layout's grid still has a path (through steps of 1)
+        let (tree, node) = baby_tree(&[0, 2, 65], Some(&[64, 2, 1]));
+        assert_eq!(tree[node[2]].amount, 65);
     }
 }

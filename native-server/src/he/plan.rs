@@ -16,7 +16,7 @@ use blindsight_core::layout::{LayoutError, SlotLayout};
 use blindsight_core::{scales_equal, Context};
 use rayon::prelude::*;
 
-use crate::he::bsgs::LinearPlan;
+use crate::he::bsgs::{BabySteps, LinearPlan};
 use crate::he::operator::Operator;
 use crate::model::{Model, Op, Shape, Source};
 
@@ -362,10 +362,15 @@ impl Plan {
         let input = SlotLayout::dense(channels, height, width, params.slots())
             .map_err(|e| PlanError::layout("input", e))?;
         let (input_level, input_scale) = (total, delta * delta);
+        // levels whose keys have two digits (the largest keys) get baby trees with fewer keys
+        let wide_keys_from = (0..=params.max_level())
+            .find(|&l| params.digits_at(l) > 1)
+            .unwrap_or(usize::MAX);
         let mut planner = Planner::new(
             model,
             delta,
             batch,
+            wide_keys_from,
             ValueInfo {
                 layout: input.clone(),
                 shifts: vec![0],
@@ -467,6 +472,8 @@ struct Planner<'a> {
     model: &'a Model,
     delta: f64,
     batch: usize,
+    /// The lowest level whose keys have more than one digit.
+    wide_keys_from: usize,
     input: ValueInfo,
     steps: Vec<Step>,
     step_of: Vec<Vec<usize>>,
@@ -476,7 +483,13 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(model: &'a Model, delta: f64, batch: usize, input: ValueInfo) -> Self {
+    fn new(
+        model: &'a Model,
+        delta: f64,
+        batch: usize,
+        wide_keys_from: usize,
+        input: ValueInfo,
+    ) -> Self {
         let nodes = model.nodes();
         let mut readers = vec![0usize; nodes.len()];
         for node in nodes {
@@ -490,11 +503,23 @@ impl<'a> Planner<'a> {
             model,
             delta,
             batch,
+            wide_keys_from,
             input,
             steps: Vec::with_capacity(nodes.len()),
             step_of: vec![Vec::new(); nodes.len()],
             linear_of: vec![None; nodes.len()],
             readers,
+        }
+    }
+
+    /// How a linear layer whose input is at `level` composes its baby rotations: from the
+    /// layout's steps where keys are widest (their size dominates the upload), from powers of
+    /// two below.
+    fn baby_steps(&self, level: usize) -> BabySteps {
+        if level >= self.wide_keys_from {
+            BabySteps::Layout
+        } else {
+            BabySteps::Binary
         }
     }
 
@@ -631,6 +656,7 @@ impl<'a> Planner<'a> {
                 free,
                 target.level + 1,
                 target.scale,
+                self.baby_steps(target.level + 1),
             )
         };
         // (input group, output group, input shift, output shift) of every image
