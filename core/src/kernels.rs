@@ -2,6 +2,8 @@
 //! multiply-add on 8 lanes) with portable scalar versions beside them (wasm32, other CPUs, and
 //! primes too wide for 52-bit arithmetic). Results are identical either way: tests compare them.
 
+use std::mem::MaybeUninit;
+
 use crate::arith::Modulus;
 
 /// Widest target prime the IFMA row kernel accepts (residues in [0, 2t) must fit in 52 bits).
@@ -35,20 +37,75 @@ pub fn conversion_row(
     ifma: bool,
     out: &mut [u64],
 ) {
+    // SAFETY: `out` is valid for `out.len()` writes.
+    unsafe { conversion_row_raw(src, c, c_shoup52, t, ifma, out.as_mut_ptr(), out.len()) }
+}
+
+/// [`conversion_row`] into fresh memory: writes every element of `out`.
+pub fn conversion_row_uninit(
+    src: &[&[u64]],
+    c: &[u64],
+    c_shoup52: &[u64],
+    t: &Modulus,
+    ifma: bool,
+    out: &mut [MaybeUninit<u64>],
+) {
+    // SAFETY: `out` is valid for `out.len()` writes, and writing needs no initialized value.
+    unsafe {
+        conversion_row_raw(
+            src,
+            c,
+            c_shoup52,
+            t,
+            ifma,
+            out.as_mut_ptr().cast(),
+            out.len(),
+        )
+    }
+}
+
+/// # Safety
+/// `out` must be valid for `n` writes; every source must hold at least `n` residues. Every
+/// element of `out` is written and none is read.
+unsafe fn conversion_row_raw(
+    src: &[&[u64]],
+    c: &[u64],
+    c_shoup52: &[u64],
+    t: &Modulus,
+    ifma: bool,
+    out: *mut u64,
+    n: usize,
+) {
+    assert!(src.iter().all(|s| s.len() >= n));
     #[cfg(target_arch = "x86_64")]
     if ifma && src.len() <= 32 {
         // SAFETY: `ifma` is only true when `has_ifma()` held and every source residue and the
         // target are within the bounds above (checked by the caller at construction).
-        unsafe { conversion_row_ifma(src, c, c_shoup52, t.value(), out) };
+        unsafe { conversion_row_ifma(src, c, c_shoup52, t.value(), out, n) };
         return;
     }
     let _ = (c_shoup52, ifma);
-    conversion_row_scalar(src, c, t, out);
+    // SAFETY: as promised by the caller.
+    unsafe { conversion_row_scalar_raw(src, c, t, out, n) }
 }
 
 /// Portable version: u128 accumulation in registers, one Barrett reduction per output (with
 /// intermediate reductions when many wide terms could overflow).
 pub fn conversion_row_scalar(src: &[&[u64]], c: &[u64], t: &Modulus, out: &mut [u64]) {
+    assert!(src.iter().all(|s| s.len() >= out.len()));
+    // SAFETY: `out` is valid for `out.len()` writes and the sources are long enough.
+    unsafe { conversion_row_scalar_raw(src, c, t, out.as_mut_ptr(), out.len()) }
+}
+
+/// # Safety
+/// `out` must be valid for `n` writes and every source must hold at least `n` residues.
+unsafe fn conversion_row_scalar_raw(
+    src: &[&[u64]],
+    c: &[u64],
+    t: &Modulus,
+    out: *mut u64,
+    n: usize,
+) {
     let max_src = src
         .iter()
         .flat_map(|s| s.iter().max())
@@ -57,7 +114,7 @@ pub fn conversion_row_scalar(src: &[&[u64]], c: &[u64], t: &Modulus, out: &mut [
         .unwrap_or(0) as u128
         + 1;
     let per = (u128::MAX / (max_src * t.value() as u128)).max(1) as usize;
-    for (k, o) in out.iter_mut().enumerate() {
+    for k in 0..n {
         let mut acc: u128 = 0;
         for (i, (s, &ci)) in src.iter().zip(c).enumerate() {
             acc += s[k] as u128 * ci as u128;
@@ -65,7 +122,8 @@ pub fn conversion_row_scalar(src: &[&[u64]], c: &[u64], t: &Modulus, out: &mut [
                 acc = t.reduce_u128(acc) as u128;
             }
         }
-        *o = t.reduce_u128(acc);
+        // SAFETY: k < n.
+        unsafe { out.add(k).write(t.reduce_u128(acc)) };
     }
 }
 
@@ -76,10 +134,10 @@ unsafe fn conversion_row_ifma(
     c: &[u64],
     c_shoup52: &[u64],
     t: u64,
-    out: &mut [u64],
+    out: *mut u64,
+    n: usize,
 ) {
     use std::arch::x86_64::*;
-    let n = out.len();
     let mask52 = _mm512_set1_epi64(((1u64 << 52) - 1) as i64);
     let tv = _mm512_set1_epi64(t as i64);
     let inv_t = _mm512_set1_pd(1.0 / t as f64);
@@ -112,12 +170,12 @@ unsafe fn conversion_row_ifma(
         r = _mm512_mask_add_epi64(r, neg, r, tv);
         let ge = _mm512_cmpge_epu64_mask(r, tv);
         r = _mm512_mask_sub_epi64(r, ge, r, tv);
-        _mm512_storeu_si512(out.as_mut_ptr().add(k) as *mut _, r);
+        _mm512_storeu_si512(out.add(k) as *mut _, r);
         k += 8;
     }
     if k < n {
         let tail: Vec<&[u64]> = src.iter().map(|s| &s[k..]).collect();
-        conversion_row_scalar(&tail, c, &Modulus::new(t), &mut out[k..]);
+        conversion_row_scalar_raw(&tail, c, &Modulus::new(t), out.add(k), n - k);
     }
 }
 
@@ -170,6 +228,31 @@ pub fn mul_const_add(a: &[u64], w: u64, w_shoup52: u64, c: u64, q: &Modulus, out
     let ws = q.shoup(w);
     for (o, &x) in out.iter_mut().zip(a) {
         *o = q.add(q.mul_shoup(x, w, ws), c);
+    }
+}
+
+/// [`mul_const_add`] into fresh memory: writes every element of `out`.
+pub fn mul_const_add_uninit(
+    a: &[u64],
+    w: u64,
+    w_shoup52: u64,
+    c: u64,
+    q: &Modulus,
+    out: &mut [MaybeUninit<u64>],
+) {
+    assert!(a.len() >= out.len() && c < q.value());
+    let (n, dst) = (out.len(), out.as_mut_ptr().cast::<u64>());
+    #[cfg(target_arch = "x86_64")]
+    if has_ifma() && q.value() < IFMA_MAX_TARGET {
+        // SAFETY: as in `mul_const_add`; the kernel only writes `out`.
+        unsafe { sub_mul_const_ifma(a.as_ptr(), None, w, w_shoup52, c, q.value(), dst, n) };
+        return;
+    }
+    let _ = w_shoup52;
+    let ws = q.shoup(w);
+    for (k, &x) in a[..n].iter().enumerate() {
+        // SAFETY: k < n, the length of `out`.
+        unsafe { dst.add(k).write(q.add(q.mul_shoup(x, w, ws), c)) };
     }
 }
 
@@ -277,6 +360,12 @@ mod tests {
             for k in 0..n {
                 assert_eq!(got[k], q.add(q.mul(a[k], w), c));
             }
+            // into fresh memory: every element written, the same values
+            let mut fresh = vec![MaybeUninit::<u64>::uninit(); n];
+            mul_const_add_uninit(&a, w, shoup52(w, q.value()), c, &q, &mut fresh);
+            // SAFETY: the kernel writes every element (what this checks).
+            let fresh: Vec<u64> = fresh.iter().map(|x| unsafe { x.assume_init() }).collect();
+            assert_eq!(fresh, got);
             let mut inplace = b.clone();
             rsub_mul_const_in_place(&a, &mut inplace, w, shoup52(w, q.value()), &q);
             for k in 0..n {
@@ -321,5 +410,12 @@ mod tests {
         let mut got = vec![0; n];
         conversion_row(&src, &c, &cs, &t, has_ifma(), &mut got);
         assert_eq!(got, want);
+        for ifma in [false, has_ifma()] {
+            let mut fresh = vec![MaybeUninit::<u64>::uninit(); n];
+            conversion_row_uninit(&src, &c, &cs, &t, ifma, &mut fresh);
+            // SAFETY: the kernel writes every element (what this checks).
+            let fresh: Vec<u64> = fresh.iter().map(|x| unsafe { x.assume_init() }).collect();
+            assert_eq!(fresh, want);
+        }
     }
 }

@@ -62,11 +62,12 @@ impl Decomposition {
             let d = &lc.mod_up[digit_of(i)];
             (d, i - d.range.start)
         };
-        let mut terms = RnsPoly::from_limbs(n, nq, |i, limb| {
-            limb.copy_from_slice(c.limb(i));
+        let mut terms = RnsPoly::from_fresh_limbs(n, nq, |i, fresh| {
+            let limb = fresh.copy_of(c.limb(i));
             lc.qp.ntt(i).inverse_unnormalized(limb);
             let (d, s) = source(i);
             d.conv.source_term_in_place(s, how, limb);
+            limb
         });
         // High parts of the sources too wide for 52-bit products (60-bit primes; none in the
         // ResNet set), split off as `convert_into` does.
@@ -94,12 +95,11 @@ impl Decomposition {
                     .collect()
             })
             .collect();
-        let digits = RnsPoly::from_limbs(n, count * width, |k, limb| {
+        let digits = RnsPoly::from_fresh_limbs(n, count * width, |k, fresh| {
             let (j, i) = (k / width, k % width);
             let d = &lc.mod_up[j];
             if d.range.contains(&i) {
-                limb.copy_from_slice(c.limb(i));
-                return;
+                return fresh.copy_of(c.limb(i));
             }
             // row of the converter's target basis (Q_l without the digit) ++ P
             let row = if i < d.range.start {
@@ -107,8 +107,11 @@ impl Decomposition {
             } else {
                 i - d.range.len()
             };
-            d.conv.row_from_terms(&digit_terms[j], false, row, limb);
+            let terms = &digit_terms[j];
+            // SAFETY: a conversion row writes every element of its output.
+            let limb = unsafe { fresh.written_by(|o| d.conv.row_from_terms_uninit(terms, row, o)) };
             d.conv.to().ntt(row).forward(limb);
+            limb
         });
         Self {
             level,

@@ -206,12 +206,7 @@ impl RnsBasis {
     /// Applies the NTT-domain permutation of an automorphism (see `ntt::automorphism_permutation`).
     pub fn permute(&self, a: &RnsPoly, perm: &[u32]) -> RnsPoly {
         self.check(a);
-        RnsPoly::from_limbs(self.n, self.len(), |i, limb| {
-            let src = a.limb(i);
-            for (o, &j) in limb.iter_mut().zip(perm) {
-                *o = src[j as usize];
-            }
-        })
+        RnsPoly::from_fresh_limbs(self.n, self.len(), |i, fresh| fresh.gather(a.limb(i), perm))
     }
 
     /// The residues of the integer `x` (given by its residues modulo `self`) are already here;

@@ -1,6 +1,8 @@
 //! Fast basis conversion (the "ModUp" of hybrid key switching): from one RNS basis to another on
 //! coefficient-form polynomials, approximately (`x + u*B`) or exactly with an overflow correction.
 
+use std::mem::MaybeUninit;
+
 use crate::arith::Modulus;
 use crate::kernels;
 use crate::par;
@@ -179,47 +181,36 @@ impl BasisConverter {
     /// `input` over B in coefficient form; returns the conversion over T in coefficient form
     /// (approximate: `x + u*B` with `0 <= u < |B|`).
     pub fn convert(&self, input: &RnsPoly) -> RnsPoly {
-        let mut out = self.to.zero();
-        let n = self.to.n();
-        self.convert_into(
-            input,
-            ConvInput::default(),
-            false,
-            out.data.chunks_mut(n).collect(),
-            |_, _| {},
-        );
-        out
+        self.convert_with(input, ConvInput::default(), false, |_, _| {})
     }
 
-    /// Writes target row j into `outs[j]` (coefficient form) and then calls `post(j, row)` on it
-    /// while it is still in cache (callers put the NTT or the ModDown combine there). Writing in
-    /// place spares the intermediate polynomials of the key-switching hot path.
+    /// The conversion over T: target row j is written (coefficient form) into fresh memory and
+    /// then `post(j, row)` runs on it while it is still in cache (callers put the NTT or the
+    /// ModDown combine there), which spares intermediate polynomials on the key-switching hot
+    /// path.
     ///
     /// `exact`: for `x in [0, B)`, also subtract the overflow count `u = floor(sum_i y_i / b_i)`
     /// (recovered in floating point, entering the kernel as one more term). Where the result is
     /// divided by B afterwards (ModDown), the approximate `u` would leave a bias of about |B|/2 in
     /// every coefficient, which decryption multiplies by the secret key into structured error of
     /// order N*|B|: at a 2^25 scale that costs several bits.
-    pub fn convert_into<F>(
-        &self,
-        input: &RnsPoly,
-        how: ConvInput,
-        exact: bool,
-        mut outs: Vec<&mut [u64]>,
-        post: F,
-    ) where
+    pub fn convert_with<F>(&self, input: &RnsPoly, how: ConvInput, exact: bool, post: F) -> RnsPoly
+    where
         F: Fn(usize, &mut [u64]) + Sync + Send,
     {
         let n = self.from.n();
         assert_eq!(input.num_limbs(), self.from.len());
-        assert_eq!(outs.len(), self.to.len());
         if let Some(h) = how.offset {
             assert_eq!(h.len(), self.from.len());
         }
-        let mut y = RnsPoly::from_limbs(n, self.from.len(), |i, limb| {
+        let mut y = RnsPoly::from_fresh_limbs(n, self.from.len(), |i, fresh| {
             let (w, c) = self.source_consts(i, how);
             let m = self.from.modulus(i);
-            kernels::mul_const_add(input.limb(i), w, kernels::shoup52(w, m.value()), c, m, limb);
+            let ws = kernels::shoup52(w, m.value());
+            // SAFETY: the kernel writes every element.
+            unsafe {
+                fresh.written_by(|o| kernels::mul_const_add_uninit(input.limb(i), w, ws, c, m, o))
+            }
         });
         // The exact conversion's overflow count enters as one more term, with constant -B mod t.
         let overflow: Vec<u64> = if exact {
@@ -262,10 +253,14 @@ impl BasisConverter {
         if exact {
             src.push(&overflow);
         }
-        par::for_each_mut(&mut outs, |j, limb| {
-            self.row_from_terms(&src, exact, j, limb);
+        RnsPoly::from_fresh_limbs(n, self.to.len(), |j, fresh| {
+            // SAFETY: a conversion row writes every element of its output.
+            let limb = unsafe {
+                fresh.written_by(|o| self.row_from_terms_uninit_exact(&src, exact, j, o))
+            };
             post(j, limb);
-        });
+            limb
+        })
     }
 
     /// `(w, c)` of source `i`'s term `y_i = (x_i * s + h_i) * inv_i = x_i * w + c`, where
@@ -311,13 +306,35 @@ impl BasisConverter {
     /// split source's high part right after its low part, and the overflow count last if
     /// `exact`.
     pub fn row_from_terms(&self, terms: &[&[u64]], exact: bool, j: usize, out: &mut [u64]) {
+        let (consts, shoup) = self.row_consts_of(exact, j, terms.len());
+        let t = self.to.modulus(j);
+        kernels::conversion_row(terms, consts, shoup, t, self.row_ifma[j], out);
+    }
+
+    /// [`BasisConverter::row_from_terms`] (approximate) into fresh memory: writes every element.
+    pub fn row_from_terms_uninit(&self, terms: &[&[u64]], j: usize, out: &mut [MaybeUninit<u64>]) {
+        self.row_from_terms_uninit_exact(terms, false, j, out);
+    }
+
+    fn row_from_terms_uninit_exact(
+        &self,
+        terms: &[&[u64]],
+        exact: bool,
+        j: usize,
+        out: &mut [MaybeUninit<u64>],
+    ) {
+        let (consts, shoup) = self.row_consts_of(exact, j, terms.len());
+        let t = self.to.modulus(j);
+        kernels::conversion_row_uninit(terms, consts, shoup, t, self.row_ifma[j], out);
+    }
+
+    fn row_consts_of(&self, exact: bool, j: usize, terms: usize) -> (&[u64], &[u64]) {
         let (consts, shoup) = if exact {
             (&self.row_consts_exact[j], &self.shoup52_exact[j])
         } else {
             (&self.row_consts[j], &self.shoup52[j])
         };
-        assert_eq!(terms.len(), consts.len());
-        let t = self.to.modulus(j);
-        kernels::conversion_row(terms, consts, shoup, t, self.row_ifma[j], out);
+        assert_eq!(terms, consts.len());
+        (consts, shoup)
     }
 }

@@ -16,7 +16,7 @@ mod poly;
 pub use basis::RnsBasis;
 pub use conversion::{BasisConverter, ConvInput};
 pub use mod_down::ModDown;
-pub use poly::RnsPoly;
+pub use poly::{FreshLimb, RnsPoly};
 
 #[cfg(test)]
 mod tests;

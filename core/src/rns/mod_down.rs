@@ -57,39 +57,26 @@ impl ModDown {
         let p = self.conv.from();
         let nq = q.len();
         let n = q.n();
-        // copy, inverse transform and (below) the output's clearing run limb by limb in parallel
-        let xp = RnsPoly::from_limbs(n, p.len(), |j, limb| {
-            limb.copy_from_slice(x.limb(nq + j));
+        // copy and inverse transform limb by limb in parallel
+        let xp = RnsPoly::from_fresh_limbs(n, p.len(), |j, fresh| {
+            let limb = fresh.copy_of(x.limb(nq + j));
             p.ntt(j).inverse_unnormalized(limb);
+            limb
         });
-        let mut out = RnsPoly::from_limbs(n, nq, |_, _| {});
         // row i: t = [x + h]_P - h in coefficient form, then NTT, then (x_i - t) / P; the 1/N of
         // the inverse NTT and the offset h enter the conversion's first product
         let how = ConvInput {
             unnormalized: true,
             offset: Some(&self.half_p),
         };
-        self.conv.convert_into(
-            &xp,
-            how,
-            true,
-            out.data.chunks_mut(n).collect(),
-            |i, row| {
-                let m = q.modulus(i);
-                for v in row.iter_mut() {
-                    *v = m.sub(*v, self.half_q[i]);
-                }
-                q.ntt(i).forward(row);
-                let w = self.p_inv[i].0;
-                kernels::rsub_mul_const_in_place(
-                    x.limb(i),
-                    row,
-                    w,
-                    kernels::shoup52(w, m.value()),
-                    m,
-                );
-            },
-        );
-        out
+        self.conv.convert_with(&xp, how, true, |i, row| {
+            let m = q.modulus(i);
+            for v in row.iter_mut() {
+                *v = m.sub(*v, self.half_q[i]);
+            }
+            q.ntt(i).forward(row);
+            let w = self.p_inv[i].0;
+            kernels::rsub_mul_const_in_place(x.limb(i), row, w, kernels::shoup52(w, m.value()), m);
+        })
     }
 }

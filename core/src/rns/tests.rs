@@ -104,3 +104,25 @@ fn mod_down_divides_by_p() {
         }
     }
 }
+
+#[test]
+fn fresh_limbs_are_written_whole() {
+    let n = 64;
+    let src: Vec<u64> = (0..n as u64).map(|k| k * 7 + 1).collect();
+    let perm: Vec<u32> = (0..n as u32).rev().collect();
+    let p = RnsPoly::from_fresh_limbs(n, 3, |i, fresh| match i {
+        0 => fresh.copy_of(&src),
+        1 => fresh.gather(&src, &perm),
+        _ => fresh.zeroed(),
+    });
+    assert_eq!(p.limb(0), &src[..]);
+    assert!(p.limb(1).iter().rev().eq(src.iter()));
+    assert!(p.limb(2).iter().all(|&x| x == 0));
+}
+
+#[test]
+#[should_panic]
+fn a_fresh_limb_must_be_the_one_returned() {
+    // an empty slice is the only `&mut [u64]` a closure can make out of nothing: refused
+    let _ = RnsPoly::from_fresh_limbs(8, 1, |_, _fresh| &mut []);
+}
