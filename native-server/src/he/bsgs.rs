@@ -7,9 +7,9 @@
 //! offsets: `out = V_0 + rot_G(V_1 + rot_G(V_2 + ...))` with `V_g = sum_b rot_{-gG}(d_{gG+b}) * rot_b(in)`.
 //! Baby rotations are composed along a shared prefix tree (hoisted per parent) and the giant chain
 //! uses the single amount `G`, so a whole network needs only a handful of keys. The tree's steps
-//! are powers of two, or, where keys are large (two-digit levels, see [`BabySteps`]), only the
-//! input layout's one-pixel and one-row steps: three decompositions more per 3x3 layer, two keys
-//! fewer at the top levels.
+//! are powers of two, or, where keys are large (two-digit levels, see [`BabySteps`]), only one slot
+//! and one row of the 32-wide grid every layout shares: three decompositions more per 3x3 layer,
+//! and no rotation key at those levels but 1, the row and the giant step.
 //! All amounts are non-negative left rotations: the planner shifts output layouts to make them so.
 
 use std::collections::{BTreeSet, HashMap};
@@ -34,8 +34,8 @@ pub struct TreeNode {
 pub enum BabySteps {
     /// Binary expansion: each power of two is a key; fewest decompositions.
     Binary,
-    /// Only the input layout's row step (`gap * row`), pixel step (`gap`) and 1: the fewest
-    /// keys, for the levels where each key is largest.
+    /// Only 1 and the layout's row (`row` slots: one pixel and one row of a dense map, two rows
+    /// of a map with gap 2): the fewest keys, for the levels where each key is largest.
     Layout,
 }
 
@@ -128,8 +128,7 @@ impl LinearPlan {
         let steps = match steps {
             BabySteps::Binary => None,
             BabySteps::Layout => {
-                let (pixel, row) = (input.gap(), input.gap() * input.row());
-                let mut v = vec![row, pixel, 1];
+                let mut v = vec![input.row(), 1];
                 v.dedup();
                 Some(v)
             }
