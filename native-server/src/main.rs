@@ -108,7 +108,7 @@ struct ServeArgs {
     /// Threads of the evaluation pool [default: all cores].
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Sessions held at most (each is 178 MB on disk for ResNet-20).
+    /// Sessions held at most (each is 164 MB on disk for ResNet-20).
     #[arg(long, default_value_t = 16)]
     max_sessions: usize,
     /// Seconds an idle session is kept.

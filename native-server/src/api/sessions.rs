@@ -4,7 +4,7 @@
 //! memory only for evaluation, within a stated budget (least recently used sessions are dropped
 //! from memory first; their keys stay on disk). A restart finds the sessions again on disk.
 //!
-//! Cost of one ResNet-20 session: 178 MB on disk (the seeded, bit-packed upload) and, while
+//! Cost of one ResNet-20 session: 164 MB on disk (the seeded, bit-packed upload) and, while
 //! loaded, the keys' 64-bit form in memory (`EvaluationKeys::memory_bytes`, reported by
 //! `/metrics`).
 
