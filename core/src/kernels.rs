@@ -37,8 +37,14 @@ pub fn conversion_row(
     ifma: bool,
     out: &mut [u64],
 ) {
-    // SAFETY: `out` is valid for `out.len()` writes.
-    unsafe { conversion_row_raw(src, c, c_shoup52, t, ifma, out.as_mut_ptr(), out.len()) }
+    conversion_row_uninit(src, c, c_shoup52, t, ifma, as_written(out));
+}
+
+/// Initialized memory seen as memory to write. Sound for the kernels here, which only ever
+/// write reduced residues into their outputs (never an uninitialized value).
+fn as_written(out: &mut [u64]) -> &mut [MaybeUninit<u64>] {
+    // SAFETY: same layout; every value written through it is initialized.
+    unsafe { &mut *(out as *mut [u64] as *mut [MaybeUninit<u64>]) }
 }
 
 /// [`conversion_row`] into fresh memory: writes every element of `out`.
@@ -50,32 +56,7 @@ pub fn conversion_row_uninit(
     ifma: bool,
     out: &mut [MaybeUninit<u64>],
 ) {
-    // SAFETY: `out` is valid for `out.len()` writes, and writing needs no initialized value.
-    unsafe {
-        conversion_row_raw(
-            src,
-            c,
-            c_shoup52,
-            t,
-            ifma,
-            out.as_mut_ptr().cast(),
-            out.len(),
-        )
-    }
-}
-
-/// # Safety
-/// `out` must be valid for `n` writes; every source must hold at least `n` residues. Every
-/// element of `out` is written and none is read.
-unsafe fn conversion_row_raw(
-    src: &[&[u64]],
-    c: &[u64],
-    c_shoup52: &[u64],
-    t: &Modulus,
-    ifma: bool,
-    out: *mut u64,
-    n: usize,
-) {
+    let (n, out) = (out.len(), out.as_mut_ptr().cast::<u64>());
     assert!(src.iter().all(|s| s.len() >= n));
     #[cfg(target_arch = "x86_64")]
     if ifma && src.len() <= 32 {
@@ -85,7 +66,7 @@ unsafe fn conversion_row_raw(
         return;
     }
     let _ = (c_shoup52, ifma);
-    // SAFETY: as promised by the caller.
+    // SAFETY: `out` is valid for `n` writes and the sources are long enough (asserted).
     unsafe { conversion_row_scalar_raw(src, c, t, out, n) }
 }
 
@@ -216,19 +197,7 @@ pub fn mul_const(a: &[u64], w: u64, w_shoup52: u64, q: &Modulus, out: &mut [u64]
 
 /// `out[k] = (a[k] * w + c) mod q`, `w, c < q`: a constant product and offset in one pass.
 pub fn mul_const_add(a: &[u64], w: u64, w_shoup52: u64, c: u64, q: &Modulus, out: &mut [u64]) {
-    assert!(a.len() >= out.len() && c < q.value());
-    #[cfg(target_arch = "x86_64")]
-    if has_ifma() && q.value() < IFMA_MAX_TARGET {
-        let (n, dst) = (out.len(), out.as_mut_ptr());
-        // SAFETY: as above.
-        unsafe { sub_mul_const_ifma(a.as_ptr(), None, w, w_shoup52, c, q.value(), dst, n) };
-        return;
-    }
-    let _ = w_shoup52;
-    let ws = q.shoup(w);
-    for (o, &x) in out.iter_mut().zip(a) {
-        *o = q.add(q.mul_shoup(x, w, ws), c);
-    }
+    mul_const_add_uninit(a, w, w_shoup52, c, q, as_written(out));
 }
 
 /// [`mul_const_add`] into fresh memory: writes every element of `out`.
@@ -244,7 +213,8 @@ pub fn mul_const_add_uninit(
     let (n, dst) = (out.len(), out.as_mut_ptr().cast::<u64>());
     #[cfg(target_arch = "x86_64")]
     if has_ifma() && q.value() < IFMA_MAX_TARGET {
-        // SAFETY: as in `mul_const_add`; the kernel only writes `out`.
+        // SAFETY: IFMA is present, q < 2^50, `a` holds at least `n` residues (asserted) and the
+        // kernel only writes `out`.
         unsafe { sub_mul_const_ifma(a.as_ptr(), None, w, w_shoup52, c, q.value(), dst, n) };
         return;
     }

@@ -109,7 +109,7 @@ impl Decomposition {
             };
             let terms = &digit_terms[j];
             // SAFETY: a conversion row writes every element of its output.
-            let limb = unsafe { fresh.written_by(|o| d.conv.row_from_terms_uninit(terms, row, o)) };
+            let limb = unsafe { fresh.written_by(|o| d.conv.row_from_terms(terms, false, row, o)) };
             d.conv.to().ntt(row).forward(limb);
             limb
         });

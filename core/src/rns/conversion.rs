@@ -255,9 +255,7 @@ impl BasisConverter {
         }
         RnsPoly::from_fresh_limbs(n, self.to.len(), |j, fresh| {
             // SAFETY: a conversion row writes every element of its output.
-            let limb = unsafe {
-                fresh.written_by(|o| self.row_from_terms_uninit_exact(&src, exact, j, o))
-            };
+            let limb = unsafe { fresh.written_by(|o| self.row_from_terms(&src, exact, j, o)) };
             post(j, limb);
             limb
         })
@@ -304,37 +302,21 @@ impl BasisConverter {
 
     /// Target row `j` (coefficient form) from the source terms in order: each source's term, a
     /// split source's high part right after its low part, and the overflow count last if
-    /// `exact`.
-    pub fn row_from_terms(&self, terms: &[&[u64]], exact: bool, j: usize, out: &mut [u64]) {
-        let (consts, shoup) = self.row_consts_of(exact, j, terms.len());
-        let t = self.to.modulus(j);
-        kernels::conversion_row(terms, consts, shoup, t, self.row_ifma[j], out);
-    }
-
-    /// [`BasisConverter::row_from_terms`] (approximate) into fresh memory: writes every element.
-    pub fn row_from_terms_uninit(&self, terms: &[&[u64]], j: usize, out: &mut [MaybeUninit<u64>]) {
-        self.row_from_terms_uninit_exact(terms, false, j, out);
-    }
-
-    fn row_from_terms_uninit_exact(
+    /// `exact`. Writes every element of `out` (fresh memory: see [`crate::rns::FreshLimb`]).
+    pub fn row_from_terms(
         &self,
         terms: &[&[u64]],
         exact: bool,
         j: usize,
         out: &mut [MaybeUninit<u64>],
     ) {
-        let (consts, shoup) = self.row_consts_of(exact, j, terms.len());
-        let t = self.to.modulus(j);
-        kernels::conversion_row_uninit(terms, consts, shoup, t, self.row_ifma[j], out);
-    }
-
-    fn row_consts_of(&self, exact: bool, j: usize, terms: usize) -> (&[u64], &[u64]) {
         let (consts, shoup) = if exact {
             (&self.row_consts_exact[j], &self.shoup52_exact[j])
         } else {
             (&self.row_consts[j], &self.shoup52[j])
         };
-        assert_eq!(terms, consts.len());
-        (consts, shoup)
+        assert_eq!(terms.len(), consts.len());
+        let t = self.to.modulus(j);
+        kernels::conversion_row_uninit(terms, consts, shoup, t, self.row_ifma[j], out);
     }
 }
