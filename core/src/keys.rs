@@ -4,8 +4,9 @@
 //! A switching key made at level k covers q0..qk plus the special primes of k's layout
 //! ([`KeyLayout`](crate::params::KeyLayout)) and works at every level <= k, because the digits are
 //! fixed by prime index. Keys made for the levels where they are used are smaller (fewer primes of
-//! Q, and fewer digits and special primes below the top), which is what the browser uploads. The secret key and the key generator are in `secret_key`
-//! and `keygen`, which only the client side builds.
+//! Q, and fewer digits and special primes below the top), which is what the browser uploads. The
+//! secret key and the key generator are in `secret_key` and `keygen`, which only the client side
+//! builds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
