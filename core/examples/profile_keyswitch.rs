@@ -60,9 +60,9 @@ fn main() {
     let part = coeff.slice_limbs(d0.range.clone());
     time("ModUp convert (1 digit)", iters, || d0.conv.convert(&part));
     time("decomposition", iters, || {
-        Decomposition::new(&ctx, top, top, &ct.parts()[1])
+        Decomposition::new(&ctx, top, ctx.params().key_layout(top), &ct.parts()[1])
     });
-    let dec = Decomposition::new(&ctx, top, top, &ct.parts()[1]);
+    let dec = Decomposition::new(&ctx, top, ctx.params().key_layout(top), &ct.parts()[1]);
     let key = keys.galois(ctx.galois_element(1)).unwrap();
     time("inner product", iters, || dec.inner_product(&ctx, key));
     let (b, _a) = dec.inner_product(&ctx, key);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::encoder::Encoder;
 use crate::error::{CkksError, ParamsError};
 use crate::ntt::automorphism_permutation;
-use crate::params::{KeyLayout, Params};
+use crate::params::{KeyLayout, Params, SpecialPrimes};
 use crate::rns::{BasisConverter, ModDown, RnsBasis};
 
 /// Precomputation for ciphertexts at one level l (primes q0..ql).
@@ -20,7 +20,7 @@ pub struct LevelContext {
 /// Key switching of a ciphertext at level l with a key of one layout (made at level >= l).
 pub struct SwitchContext {
     pub layout: KeyLayout,
-    /// Q_l followed by the layout's special primes P.
+    /// Q_l followed by the layout's special primes (called P whichever primes they are).
     pub qp: RnsBasis,
     /// For each digit j: conversion from its primes to the rest of Q_l ++ P.
     pub mod_up: Vec<DigitConverter>,
@@ -30,7 +30,10 @@ pub struct SwitchContext {
 impl SwitchContext {
     fn new(q: &RnsBasis, p: &RnsBasis, level: usize, layout: KeyLayout) -> Self {
         let ql = q.slice(0..level + 1);
-        let p = p.slice(0..layout.special);
+        let p = match layout.primes {
+            SpecialPrimes::P => p.slice(0..layout.special),
+            SpecialPrimes::Q { first } => q.slice(first..first + layout.special),
+        };
         let alpha = layout.alpha;
         let mod_up = (0..layout.digits(level))
             .map(|j| {
@@ -142,10 +145,10 @@ impl Context {
         }
         Ok(())
     }
-    /// Key switching at ciphertext level `level` (checked by the caller) with a key made at
-    /// `key_level >= level`, under that key's layout; built on first use.
-    pub(crate) fn switch_ctx(&self, level: usize, key_level: usize) -> Arc<SwitchContext> {
-        let layout = self.params.key_layout(key_level);
+    /// Key switching at ciphertext level `level` (checked by the caller) with a key of `layout`
+    /// (made at a level at least `level`; a derived layout's special primes above it); built on
+    /// first use.
+    pub(crate) fn switch_ctx(&self, level: usize, layout: KeyLayout) -> Arc<SwitchContext> {
         let mut cache = self.switches.lock().unwrap_or_else(|e| e.into_inner());
         cache
             .entry((level, layout))
@@ -164,13 +167,18 @@ impl Context {
         if level > key_level {
             return Err(CkksError::KeyLevel { key_level, level });
         }
-        Ok(self.switch_ctx(level, key_level))
+        Ok(self.switch_ctx(level, self.params.key_layout(key_level)))
     }
 
     /// Q_l followed by the special primes of a key made at level l: a switching key's basis.
     pub fn key_basis(&self, level: usize) -> Result<RnsBasis, CkksError> {
         self.check_level(level)?;
-        Ok(self.switch_ctx(level, level).qp.clone())
+        Ok(self.made_key_ctx(level).qp.clone())
+    }
+
+    /// Key switching at `level` (checked by the caller) with a key a client made for `level`.
+    pub(crate) fn made_key_ctx(&self, level: usize) -> Arc<SwitchContext> {
+        self.switch_ctx(level, self.params.key_layout(level))
     }
 
     pub fn q_basis(&self) -> &RnsBasis {

@@ -53,6 +53,10 @@ pub enum CkksError {
     KeyLevel { key_level: usize, level: usize },
     #[error("no relinearization key")]
     MissingRelinKey,
+    #[error("a key for level {level} cannot be derived (too few primes of Q above it)")]
+    NotDerivable { level: usize },
+    #[error("the keys held do not compose to Galois element {galois_element} at the level a key for level {level} is derived at")]
+    NoDerivation { galois_element: u64, level: usize },
     #[error("ciphertext of degree {0} where degree 1 is required")]
     Degree(usize),
     #[error("rotation-and-sum needs a power-of-two count, got {0}")]

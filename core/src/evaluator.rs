@@ -406,7 +406,7 @@ impl Evaluator {
         Self::check_degree1(a)?;
         let key = keys.galois(g)?;
         self.check_key(key, a.level)?;
-        let dec = Decomposition::new(&self.ctx, a.level, key.level, &a.c[1]);
+        let dec = Decomposition::new(&self.ctx, a.level, key.layout, &a.c[1]);
         Ok(self.galois_from_decomposition(a, &dec, g, key))
     }
 
@@ -477,10 +477,10 @@ impl Evaluator {
                 dec_of.push(usize::MAX);
                 continue;
             }
-            let i = match decs.iter().position(|d| d.fits(&self.ctx, key)) {
+            let i = match decs.iter().position(|d| d.fits(key)) {
                 Some(i) => i,
                 None => {
-                    decs.push(Decomposition::new(&self.ctx, a.level, key.level, &a.c[1]));
+                    decs.push(Decomposition::new(&self.ctx, a.level, key.layout, &a.c[1]));
                     decs.len() - 1
                 }
             };

@@ -62,7 +62,7 @@ impl<'a> KeyGenerator<'a> {
     /// Relinearization key serving ciphertext levels up to `level`.
     pub fn relin_key(&mut self, level: usize) -> Result<SwitchingKey, CkksError> {
         self.ctx.check_level(level)?;
-        let basis = &self.ctx.switch_ctx(level, level).qp;
+        let basis = &self.ctx.made_key_ctx(level).qp;
         let s = self.sk.at_qp(self.ctx, level);
         let s2 = SecretPoly::new(basis.mul(&s, &s));
         Ok(self.switching_key(KeyKind::Relin, level, s, &s2))
@@ -75,7 +75,7 @@ impl<'a> KeyGenerator<'a> {
         if g.is_multiple_of(2) || g >= two_n {
             return Err(CkksError::MissingGaloisKey(g));
         }
-        let basis = &self.ctx.switch_ctx(level, level).qp;
+        let basis = &self.ctx.made_key_ctx(level).qp;
         let s = self.sk.at_qp(self.ctx, level);
         let sg = SecretPoly::new(basis.permute(&s, &self.ctx.permutation(g)));
         Ok(self.switching_key(KeyKind::Galois(g), level, s, &sg))
@@ -100,7 +100,7 @@ impl<'a> KeyGenerator<'a> {
         s_new: &RnsPoly,
     ) -> SwitchingKey {
         let ctx = self.ctx;
-        let lc = ctx.switch_ctx(level, level);
+        let lc = ctx.made_key_ctx(level);
         let basis = &lc.qp;
         let digits = lc.mod_up.len();
         let seed = os_seed();
@@ -135,6 +135,7 @@ impl<'a> KeyGenerator<'a> {
         SwitchingKey {
             kind,
             level,
+            layout: lc.layout,
             b,
             a,
             seed,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::context::Context;
 use crate::error::CkksError;
+use crate::params::KeyLayout;
 use crate::rns::RnsPoly;
 use crate::sampler::expand_uniform;
 
@@ -39,6 +40,12 @@ pub struct SwitchingKey {
     pub(crate) kind: KeyKind,
     /// Highest ciphertext level the key serves.
     pub(crate) level: usize,
+    /// Its digits and special primes: [`Params::key_layout`] of its level for a key a client
+    /// made, [`Params::derived_layout`] for one the server derived.
+    ///
+    /// [`Params::key_layout`]: crate::params::Params::key_layout
+    /// [`Params::derived_layout`]: crate::params::Params::derived_layout
+    pub(crate) layout: KeyLayout,
     pub(crate) b: Vec<RnsPoly>,
     /// Expansions of `seed`, stream j for digit j.
     pub(crate) a: Vec<RnsPoly>,
@@ -63,6 +70,11 @@ impl SwitchingKey {
         self.level
     }
 
+    /// Its digits and special primes.
+    pub fn layout(&self) -> KeyLayout {
+        self.layout
+    }
+
     /// Number of digits (`(b_j, a_j)` pairs).
     pub fn digits(&self) -> usize {
         self.b.len()
@@ -79,7 +91,7 @@ impl SwitchingKey {
         digits: usize,
         seed: &[u8; 32],
     ) -> Vec<RnsPoly> {
-        let basis = &ctx.switch_ctx(level, level).qp;
+        let basis = &ctx.made_key_ctx(level).qp;
         (0..digits)
             .map(|j| expand_uniform(basis, seed, j as u64))
             .collect()
@@ -118,7 +130,7 @@ impl EvaluationKeys {
             return Err(CkksError::ParamsMismatch);
         }
         if let KeyKind::Galois(g) = key.kind {
-            let basis = &self.ctx.switch_ctx(key.level, key.level).qp;
+            let basis = &self.ctx.switch_ctx(key.level, key.layout).qp;
             let inv = self
                 .ctx
                 .permutation(inverse_mod_2n(g, 2 * self.ctx.n() as u64));

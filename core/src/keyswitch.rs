@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::context::{Context, SwitchContext};
 use crate::keys::SwitchingKey;
 use crate::par;
+use crate::params::KeyLayout;
 use crate::rns::{ConvInput, RnsPoly};
 
 /// The ModUp'ed digits of one polynomial at one level, NTT form over Q_l ++ P, all digits in
@@ -38,10 +39,10 @@ impl Decomposition {
     /// digits on two threads, a pass per digit left one thread idle for a third of each
     /// decomposition and synchronized ten times instead of twice.
     ///
-    /// `key_level` is the level the keys to be used were made for (at least `level`): it fixes
-    /// the digits and the special primes.
-    pub fn new(ctx: &Context, level: usize, key_level: usize, c: &RnsPoly) -> Self {
-        let sw = ctx.switch_ctx(level, key_level);
+    /// `layout` is that of the keys to be used (made for `level` or above): it fixes the digits
+    /// and the special primes.
+    pub fn new(ctx: &Context, level: usize, layout: KeyLayout, c: &RnsPoly) -> Self {
+        let sw = ctx.switch_ctx(level, layout);
         let lc = &*sw;
         let nq = level + 1;
         let n = ctx.n();
@@ -122,8 +123,8 @@ impl Decomposition {
     }
 
     /// Whether a key can be used with this decomposition (made with the same layout).
-    pub fn fits(&self, ctx: &Context, key: &SwitchingKey) -> bool {
-        key.level >= self.level && ctx.params().key_layout(key.level) == self.sw.layout
+    pub fn fits(&self, key: &SwitchingKey) -> bool {
+        key.level >= self.level && key.layout == self.sw.layout
     }
 
     /// Limb `i` of Q_l ++ P of digit `j`.
@@ -136,7 +137,7 @@ impl Decomposition {
     /// level (of the same layout, see [`Decomposition::fits`]): its limbs for q0..ql and P are
     /// used.
     pub fn inner_product(&self, ctx: &Context, key: &SwitchingKey) -> (RnsPoly, RnsPoly) {
-        debug_assert!(self.fits(ctx, key));
+        debug_assert!(self.fits(key));
         let l = self.level;
         let basis = &self.sw.qp;
         let n = ctx.n();
@@ -171,7 +172,7 @@ pub fn switch_key(
     c: &RnsPoly,
     key: &SwitchingKey,
 ) -> (RnsPoly, RnsPoly) {
-    let dec = Decomposition::new(ctx, level, key.level, c);
+    let dec = Decomposition::new(ctx, level, key.layout, c);
     let (b, a) = dec.inner_product(ctx, key);
     let (u0, u1) = par::join(|| dec.mod_down(&b), || dec.mod_down(&a));
     (u0, u1)

@@ -11,6 +11,7 @@
 pub mod arith;
 pub mod ciphertext;
 pub mod context;
+pub mod derive;
 pub mod encoder;
 pub mod encryption;
 pub mod error;

@@ -93,16 +93,36 @@ impl ParamSpec {
 /// 10 bits short of a digit gave a rotation error of 4.5 at 2^25.
 pub const SPECIAL_MARGIN_BITS: f64 = 5.0;
 
+/// Extra margin of a derived key's special modulus (see [`Params::derived_layout`]): a derived key
+/// carries the noise of the rotations that made it (about 2^10 against a fresh key's 2^2), which
+/// multiplies its switching noise; 10 more bits keep that noise where a fresh key's is. With
+/// 50-bit primes it costs no prime at any level of N16_L39.
+pub const DERIVED_MARGIN_BITS: f64 = SPECIAL_MARGIN_BITS + 10.0;
+
+/// Where a switching key's special primes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SpecialPrimes {
+    /// p0..p(special-1): keys the client makes. They must serve the top level, above which Q has
+    /// no primes.
+    P,
+    /// q(first)..q(first+special-1), the primes of Q just above the key's level: keys the server
+    /// derives. Such a key lies inside Q, like a ciphertext at level first+special-1, so keys of
+    /// that level can rotate it (`derive`).
+    Q { first: usize },
+}
+
 /// How a switching key made for ciphertext level `l` is built: digits of `alpha` primes of Q_l
-/// (by prime index, so the key also serves every lower level) and the first `special` primes of
-/// P. Sized per level: a key used only at low levels gets one digit and a special modulus just
+/// (by prime index, so the key also serves every lower level) and `special` special primes.
+/// Sized per level: a key used only at low levels gets one digit and a special modulus just
 /// above Q_l instead of the top level's, which is what makes it smaller and its switches cheaper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KeyLayout {
     /// Primes of Q per digit (the last digit may be shorter).
     pub alpha: usize,
-    /// Special primes: P is p0..p(special-1).
+    /// Number of special primes.
     pub special: usize,
+    /// Which primes they are.
+    pub primes: SpecialPrimes,
 }
 
 impl KeyLayout {
@@ -268,6 +288,26 @@ impl Params {
     pub fn digits_at(&self, level: usize) -> usize {
         self.key_layout(level).digits(level)
     }
+    /// The layout of a key for ciphertext `level` that the server derives instead of receiving
+    /// it: its special primes are those of Q just above `level` (with [`DERIVED_MARGIN_BITS`]),
+    /// so that the key is a pair of polynomials over Q_m, m = level + special, which the keys
+    /// uploaded for level m and above can rotate. The fewest digits that fit below the top level;
+    /// none where no digit count does (near the top).
+    pub fn derived_layout(&self, level: usize) -> Option<KeyLayout> {
+        let q = self.q.get(..=level)?;
+        let above = &self.q[level + 1..];
+        (1..=q.len()).find_map(|digits| {
+            let alpha = q.len().div_ceil(digits);
+            let widest = q.chunks(alpha).map(log2_product).fold(0.0, f64::max);
+            let special = (1..=above.len())
+                .find(|&k| log2_product(&above[..k]) >= widest + DERIVED_MARGIN_BITS)?;
+            Some(KeyLayout {
+                alpha,
+                special,
+                primes: SpecialPrimes::Q { first: level + 1 },
+            })
+        })
+    }
     pub fn default_scale(&self) -> f64 {
         (self.spec.log_scale as f64).exp2()
     }
@@ -281,17 +321,25 @@ impl Params {
 /// The smallest digit count (at most `max_digits`) whose largest digit of `q` the special primes
 /// cover with [`SPECIAL_MARGIN_BITS`] to spare, and the fewest leading special primes that do.
 fn key_layout(q: &[u64], p: &[u64], max_digits: usize) -> Option<KeyLayout> {
-    let bits = |xs: &[u64]| xs.iter().map(|&x| (x as f64).log2()).sum::<f64>();
     for digits in 1..=max_digits.min(q.len()) {
         let alpha = q.len().div_ceil(digits);
-        let widest = q.chunks(alpha).map(bits).fold(0.0, f64::max);
+        let widest = q.chunks(alpha).map(log2_product).fold(0.0, f64::max);
         if let Some(special) =
-            (1..=p.len()).find(|&k| bits(&p[..k]) >= widest + SPECIAL_MARGIN_BITS)
+            (1..=p.len()).find(|&k| log2_product(&p[..k]) >= widest + SPECIAL_MARGIN_BITS)
         {
-            return Some(KeyLayout { alpha, special });
+            return Some(KeyLayout {
+                alpha,
+                special,
+                primes: SpecialPrimes::P,
+            });
         }
     }
     None
+}
+
+/// log2 of a product of primes.
+fn log2_product(xs: &[u64]) -> f64 {
+    xs.iter().map(|&x| (x as f64).log2()).sum()
 }
 
 #[cfg(test)]
@@ -349,7 +397,8 @@ mod tests {
             p.key_layout(20),
             KeyLayout {
                 alpha: 11,
-                special: 12
+                special: 12,
+                primes: SpecialPrimes::P,
             }
         );
         assert_eq!(p.dnum(), 2);
@@ -357,22 +406,57 @@ mod tests {
             p.key_layout(12),
             KeyLayout {
                 alpha: 7,
-                special: 8
+                special: 8,
+                primes: SpecialPrimes::P,
             }
         );
         assert_eq!(
             p.key_layout(6),
             KeyLayout {
                 alpha: 7,
-                special: 8
+                special: 8,
+                primes: SpecialPrimes::P,
             }
         );
         assert_eq!(
             p.key_layout(1),
             KeyLayout {
                 alpha: 2,
-                special: 3
+                special: 3,
+                primes: SpecialPrimes::P,
             }
+        );
+        // derived keys: special primes from Q above the level, two digits at 11 (one would
+        // need 13 primes above it), none at the top
+        let derived = |l| p.derived_layout(l);
+        for l in 0..=p.max_level() {
+            let Some(k) = derived(l) else { continue };
+            let SpecialPrimes::Q { first } = k.primes else {
+                panic!("{l}")
+            };
+            assert_eq!(first, l + 1);
+            assert!(first + k.special <= p.q().len(), "{l}");
+            let widest = p.q()[..=l].chunks(k.alpha).map(bits).fold(0.0, f64::max);
+            let special = bits(&p.q()[first..first + k.special]);
+            assert!(special >= widest + DERIVED_MARGIN_BITS, "{l}");
+        }
+        let q_from = |first| SpecialPrimes::Q { first };
+        assert_eq!(derived(20), None);
+        assert_eq!(
+            derived(11),
+            Some(KeyLayout {
+                alpha: 6,
+                special: 7,
+                primes: q_from(12)
+            })
+        );
+        assert_eq!(
+            derived(6),
+            Some(KeyLayout {
+                alpha: 7,
+                special: 8,
+                primes: q_from(7)
+            })
         );
         // too few special primes for any digit count allowed
         let mut spec = ParamSpec::named("N14_TEST").unwrap();

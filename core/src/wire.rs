@@ -490,9 +490,13 @@ impl PublicKey {
 }
 
 impl SwitchingKey {
-    /// Sends the `b_j` halves and the seed of the `a_j`.
+    /// Sends the `b_j` halves and the seed of the `a_j`. Only keys a client made travel: a key the
+    /// server derived has no seed (and no reason to leave the server).
     pub fn to_bytes(&self, ctx: &Context) -> Result<Vec<u8>, WireError> {
         check_owner(ctx, &self.fingerprint)?;
+        if self.layout != ctx.params().key_layout(self.level) {
+            return Err(WireError::Field("layout (a derived key)"));
+        }
         let (kind, g) = match self.kind {
             KeyKind::Relin => (Kind::RelinKey, 0),
             KeyKind::Galois(g) => (Kind::GaloisKey, g),
@@ -508,7 +512,7 @@ impl SwitchingKey {
         w.bytes(&[self.b.len() as u8]);
         w.bytes(&self.seed);
         w.polys(
-            &ctx.switch_ctx(self.level, self.level).qp,
+            &ctx.made_key_ctx(self.level).qp,
             &self.b.iter().collect::<Vec<_>>(),
         );
         Ok(w.out)
@@ -536,10 +540,11 @@ impl SwitchingKey {
             return Err(WireError::Field("digits"));
         }
         let seed = r.seed()?;
-        let b = r.polys(&ctx.switch_ctx(level, level).qp, digits)?;
+        let b = r.polys(&ctx.made_key_ctx(level).qp, digits)?;
         Ok(Self {
             kind: key_kind,
             level,
+            layout: ctx.params().key_layout(level),
             a: SwitchingKey::expand_a(ctx, level, digits, &seed),
             b,
             seed,

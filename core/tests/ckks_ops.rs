@@ -633,3 +633,64 @@ fn invariants_are_checked_at_the_boundary() {
     let other = Context::named("N12_TINY").unwrap();
     assert_eq!(ct.to_bytes(&other), Err(WireError::Fingerprint));
 }
+
+/// Keys the server derives (`derive`): from top-level keys for 1 and 32 alone, keys for 2 and 64
+/// at level 11 (two digits, special primes q12..q18), 8 at level 6 (eight rotations by 1) and 16 at
+/// level 1 (from the derived 8) rotate as accurately as keys a client made, mix with them in a
+/// hoisted rotation, and a level with no derived layout or an element the keys do not reach is an
+/// error.
+#[test]
+fn derived_keys_rotate_like_made_ones() {
+    let ctx = Context::named("N16_L39").unwrap();
+    let sk = SecretKey::generate(&ctx);
+    let mut kg = KeyGenerator::new(&ctx, &sk);
+    let top = ctx.max_level();
+    let mut keys = EvaluationKeys::new(&ctx);
+    for r in [1, 32] {
+        keys.insert(kg.rotation_key(r, top).unwrap()).unwrap();
+    }
+    let ev = Evaluator::new(&ctx);
+    let g = |r| ctx.galois_element(r);
+    for (r, level) in [(2, 11), (64, 11), (8, 6), (16, 1)] {
+        keys.derive_galois(&ev, g(r), level).unwrap();
+        let key = keys.galois(g(r)).unwrap();
+        assert_eq!(key.layout(), ctx.params().derived_layout(level).unwrap());
+    }
+    assert_eq!(keys.galois(g(2)).unwrap().digits(), 2);
+    assert!(matches!(
+        keys.derive_galois(&ev, g(2), top),
+        Err(CkksError::NotDerivable { .. })
+    ));
+    assert!(matches!(
+        keys.derive_galois(&ev, ctx.conjugation_element(), 6),
+        Err(CkksError::NoDerivation { .. })
+    ));
+    // the same rotations with keys made at those levels, for comparison
+    let mut made = EvaluationKeys::new(&ctx);
+    for (r, level) in [(2, 11), (64, 11), (8, 6), (16, 1)] {
+        made.insert(kg.rotation_key(r, level).unwrap()).unwrap();
+    }
+    let n = ctx.params().slots();
+    let x = values(n, 43);
+    let scale = ctx.params().default_scale();
+    for (level, rs) in [(11, vec![1, 2, 64]), (6, vec![8, 2]), (1, vec![16, 8])] {
+        let pt = Plaintext::encode_real(&ctx, &x, level, scale).unwrap();
+        let ct = Encryptor::new(&ctx).encrypt_sk(&pt, &sk).unwrap();
+        let hoisted = ev.rotate_hoisted(&ct, &rs, &keys).unwrap();
+        for (&r, h) in rs.iter().zip(&hoisted) {
+            let want: Vec<f64> = (0..n).map(|i| x[(i + r as usize) % n]).collect();
+            let got = decrypt_with(&ctx, &sk, &ev.rotate(&ct, r, &keys).unwrap());
+            let err = max_err(&got, &want);
+            assert!(err < 1e-2, "rotation {r} at level {level}: {err}");
+            assert!(max_err(&decrypt_with(&ctx, &sk, h), &got) < 1e-6);
+            if r != 1 {
+                let by_made = decrypt_with(&ctx, &sk, &ev.rotate(&ct, r, &made).unwrap());
+                let made_err = max_err(&by_made, &want);
+                assert!(
+                    err < 2.0 * made_err,
+                    "rotation {r} at level {level}: derived {err}, made {made_err}"
+                );
+            }
+        }
+    }
+}
