@@ -36,7 +36,10 @@ pub struct Session {
     pub contract: ClientContract,
     pub client: Client,
     pub keys: EvaluationKeys,
+    /// The client's key generation (what a browser does).
     pub keygen: Duration,
+    /// The server's derivation of the keys the client does not upload.
+    pub derive: Duration,
 }
 
 impl Session {
@@ -46,14 +49,18 @@ impl Session {
         let contract = client_contract(model, &plan, &ctx)?;
         let t0 = Instant::now();
         let client = Client::with_context(ctx.clone(), contract.clone())?;
-        let keys = client.evaluation_keys()?;
+        let mut keys = client.evaluation_keys()?;
+        let keygen = t0.elapsed();
+        let t1 = Instant::now();
+        plan.keys.derive(&Evaluator::new(&ctx), &mut keys)?;
         Ok(Self {
             ctx,
             plan,
             contract,
             client,
             keys,
-            keygen: t0.elapsed(),
+            keygen,
+            derive: t1.elapsed(),
         })
     }
 
@@ -215,7 +222,14 @@ pub struct BenchReport {
     pub keygen_s: f64,
     /// Bytes the client uploads for the evaluation keys.
     pub eval_key_bytes: usize,
+    /// Rotation keys the plan uses, uploaded and derived.
     pub rotation_keys: usize,
+    /// Of those, the keys the server derives (after the upload, once per session).
+    pub derived_keys: usize,
+    /// Seconds the server takes to derive them.
+    pub derive_s: f64,
+    /// Bytes of all evaluation keys in the server's memory (uploaded and derived, 64-bit limbs).
+    pub key_memory_bytes: usize,
     /// Bytes of the uploaded (seeded) input ciphertext.
     pub ciphertext_bytes: usize,
     /// Bytes of the returned output ciphertext.
@@ -401,6 +415,9 @@ pub fn report(
         keygen_s: session.keygen.as_secs_f64(),
         eval_key_bytes: session.contract.key_bytes(),
         rotation_keys: session.plan.rotations.len(),
+        derived_keys: session.plan.keys.derived.len(),
+        derive_s: session.derive.as_secs_f64(),
+        key_memory_bytes: session.keys.iter().map(|k| k.memory_bytes()).sum(),
         ciphertext_bytes: session.contract.input.bytes,
         output_ciphertext_bytes: session.contract.output.bytes,
         peak_rss_bytes: peak_rss_bytes(),
@@ -441,6 +458,9 @@ mod tests {
             keygen_s: 3.0,
             eval_key_bytes: 1000,
             rotation_keys: 7,
+            derived_keys: 4,
+            derive_s: 2.0,
+            key_memory_bytes: 5000,
             ciphertext_bytes: 200,
             output_ciphertext_bytes: 300,
             peak_rss_bytes: None,
@@ -478,6 +498,7 @@ mod tests {
         let want = json!({
             "model": "m", "images": 2, "threads": 4, "latency_s": 1.5, "encrypt_s": 0.25,
             "decrypt_s": 0.125, "keygen_s": 3.0, "eval_key_bytes": 1000, "rotation_keys": 7,
+            "derived_keys": 4, "derive_s": 2.0, "key_memory_bytes": 5000,
             "ciphertext_bytes": 200, "output_ciphertext_bytes": 300, "peak_rss_bytes": null,
             "max_abs_logit_error": 0.01, "agreement": 1.0, "accuracy": 0.5,
             "plaintext_accuracy": 0.5,

@@ -12,14 +12,15 @@ use crate::he::plan::Plan;
 use crate::model::Model;
 
 /// The contract of `plan` (made for `model` with `ctx`). Keys come in the order rotations by
-/// ascending amount, then relinearization; each is made at the highest level it is used at.
+/// ascending amount, then relinearization; each is made at the highest level it is used at. Only
+/// the keys the server cannot derive are listed (`plan.keys.uploaded`).
 pub fn client_contract(
     model: &Model,
     plan: &Plan,
     ctx: &Context,
 ) -> Result<ClientContract, CkksError> {
-    let mut keys = Vec::with_capacity(plan.rotations.len() + 1);
-    for (&amount, &level) in &plan.rotations {
+    let mut keys = Vec::with_capacity(plan.keys.uploaded.len() + 1);
+    for (&amount, &level) in &plan.keys.uploaded {
         let amount = amount as i64;
         keys.push(KeySpec {
             index: keys.len(),

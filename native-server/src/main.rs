@@ -570,10 +570,13 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     );
     let session = Session::new(&model, &args.params)?;
     eprintln!(
-        "keys: {:.2} s for {} rotation keys + relinearization, {:.1} MB",
+        "keys: {:.2} s for {} rotation keys + relinearization, {:.1} MB; {} more derived by the \
+         server in {:.2} s",
         session.keygen.as_secs_f64(),
-        session.plan.rotations.len(),
-        session.contract.key_bytes() as f64 / 1e6
+        session.plan.keys.uploaded.len(),
+        session.contract.key_bytes() as f64 / 1e6,
+        session.plan.keys.derived.len(),
+        session.derive.as_secs_f64()
     );
     let steps = session.plan.steps.len() as u64;
     let bar = step_bar(steps * records.len() as u64, "images");
@@ -681,6 +684,9 @@ fn bench_table(report: &BenchReport) -> String {
         ("keygen_s", json(report.keygen_s)),
         ("eval_key_bytes", json(report.eval_key_bytes)),
         ("rotation_keys", json(report.rotation_keys)),
+        ("derived_keys", json(report.derived_keys)),
+        ("derive_s", json(report.derive_s)),
+        ("key_memory_bytes", json(report.key_memory_bytes)),
         ("ciphertext_bytes", json(report.ciphertext_bytes)),
         ("peak_rss_bytes", json(report.peak_rss_bytes)),
         ("max_abs_logit_error", json(report.max_abs_logit_error)),
@@ -791,12 +797,19 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
     if batched {
         s += &describe_packing(plan);
     }
-    s += &format!("rotation keys ({}):", plan.rotations.len());
-    for (a, l) in &plan.rotations {
+    s += &format!("rotation keys uploaded ({}):", plan.keys.uploaded.len());
+    for (a, l) in &plan.keys.uploaded {
         s += &format!(" {a}@{l}");
     }
     s += &format!(
-        "\nevaluation keys: {:.1} MB (relinearization at level {:?})\n",
+        "\nrotation keys derived by the server ({}):",
+        plan.keys.derived.len()
+    );
+    for (a, l) in &plan.keys.derived {
+        s += &format!(" {a}@{l}");
+    }
+    s += &format!(
+        "\nevaluation keys uploaded: {:.1} MB (relinearization at level {:?})\n",
         key_bytes as f64 / 1e6,
         plan.relin_level
     );

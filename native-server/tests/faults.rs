@@ -495,7 +495,7 @@ async fn load_beyond_the_queue_and_the_budgets_loses_nothing() {
         sessions: 4,
         jobs: 10,
         images,
-        model,
+        model: model.clone(),
     })
     .await
     .unwrap();
@@ -510,15 +510,16 @@ async fn load_beyond_the_queue_and_the_budgets_loses_nothing() {
     let m = &report.memory;
     assert!(m.samples > 0);
     assert!(m.max_upload_bytes_reserved <= m.upload_budget, "{m:?}");
-    // one session's keys may exceed the key budget (the job needs them); never two
+    // one session's keys (uploaded and derived) may exceed the key budget (the job needs them);
+    // never two
     let contract = Remote::new(&server.url).contract().await.unwrap();
-    let one_session: u64 = Client::new(contract)
-        .unwrap()
-        .evaluation_keys()
-        .unwrap()
-        .iter()
-        .map(|k| k.memory_bytes() as u64)
-        .sum();
+    let mut keys = Client::new(contract).unwrap().evaluation_keys().unwrap();
+    let ctx = blindsight_core::Context::named("N14_TEST").unwrap();
+    let (plan, _, _) = blindsight_server::contract::server_contract(&model, &ctx, 1).unwrap();
+    plan.keys
+        .derive(&blindsight_core::Evaluator::new(&ctx), &mut keys)
+        .unwrap();
+    let one_session: u64 = keys.iter().map(|k| k.memory_bytes() as u64).sum();
     assert!(
         m.max_key_bytes_in_memory <= m.key_memory_budget.max(one_session),
         "{m:?}"

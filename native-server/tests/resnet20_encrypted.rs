@@ -72,11 +72,15 @@ fn a_batch_through_the_contract_matches_the_plaintext_model() {
     blindsight_core::memory::keep_freed_memory();
     let model = Model::embedded().unwrap();
     let ctx = Context::named("N16_L39").unwrap();
-    let (_, batch, contract) = server_contract(&model, &ctx, 8).unwrap();
+    let (single, batch, contract) = server_contract(&model, &ctx, 8).unwrap();
     let batch = batch.expect("ResNet-20 batches");
     assert_eq!(contract.batch.max, 8);
     let client = Client::with_context(ctx.clone(), contract).unwrap();
-    let keys = client.evaluation_keys().unwrap();
+    let mut keys = client.evaluation_keys().unwrap();
+    single
+        .keys
+        .derive(&Evaluator::new(&ctx), &mut keys)
+        .unwrap();
     let path = cifar::test_batch(&data_dir(), true);
     let records = cifar::read(&path, 0, 3)
         .unwrap_or_else(|e| panic!("the test needs the CIFAR-10 test images: {e}"));

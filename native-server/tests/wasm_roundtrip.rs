@@ -54,6 +54,7 @@ fn what_wasm_made_evaluates_here_to_the_plaintext_label() {
         assert_eq!((key.kind(), key.level()), (spec.kind(), spec.level));
         keys.insert(key).unwrap();
     }
+    plan.keys.derive(&Evaluator::new(&ctx), &mut keys).unwrap();
     let input = Ciphertext::from_bytes(&ctx, &read("input.bin"), contract.input.bytes).unwrap();
     assert_eq!(input.level(), contract.input.level);
     let (out, _) = evaluate(&plan, &Evaluator::new(&ctx), &keys, &input, |_, _, _| {}).unwrap();

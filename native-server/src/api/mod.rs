@@ -125,6 +125,7 @@ impl AppState {
             },
             ctx.clone(),
             contract.clone(),
+            plan.keys.clone(),
         )?);
         let metrics = Arc::new(Metrics::default());
         let threads = if config.threads == 0 {

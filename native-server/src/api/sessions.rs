@@ -15,10 +15,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use blindsight_client::ClientContract;
-use blindsight_core::{Context, EvaluationKeys, SwitchingKey, WireError};
+use blindsight_core::{Context, EvaluationKeys, Evaluator, SwitchingKey, WireError};
 use serde::{Deserialize, Serialize};
 
 use crate::api::error::ApiError;
+use crate::he::keys::KeyPlan;
 
 /// A session id: 128 random bits from the OS, in hex.
 pub type SessionId = String;
@@ -65,6 +66,8 @@ pub struct SessionStore {
     config: StoreConfig,
     ctx: Arc<Context>,
     contract: Arc<ClientContract>,
+    /// The keys derived from the uploaded ones when a session's keys are loaded.
+    derived: KeyPlan,
     sessions: Mutex<HashMap<SessionId, Session>>,
     /// Loaded keys, most recently used last.
     loaded: Mutex<Vec<(SessionId, Arc<EvaluationKeys>, u64)>>,
@@ -86,12 +89,14 @@ impl SessionStore {
         config: StoreConfig,
         ctx: Arc<Context>,
         contract: Arc<ClientContract>,
+        derived: KeyPlan,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&config.dir)?;
         let store = Self {
             config,
             ctx,
             contract,
+            derived,
             sessions: Mutex::new(HashMap::new()),
             loaded: Mutex::new(Vec::new()),
         };
@@ -344,7 +349,8 @@ impl SessionStore {
     }
 
     /// The session's evaluation keys in memory, loading them from disk if needed (and dropping
-    /// the least recently used others beyond the budget). Blocking.
+    /// the least recently used others beyond the budget) and deriving those the client does not
+    /// upload. Blocking.
     pub fn keys(&self, id: &str) -> Result<Arc<EvaluationKeys>, ApiError> {
         {
             let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
@@ -367,6 +373,9 @@ impl SessionStore {
             keys.insert(key)
                 .map_err(|e| ApiError::internal(format!("key {k}: {e}")))?;
         }
+        self.derived
+            .derive(&Evaluator::new(&self.ctx), &mut keys)
+            .map_err(|e| ApiError::internal(format!("deriving keys: {e}")))?;
         let bytes = keys.iter().map(|k| k.memory_bytes() as u64).sum();
         let keys = Arc::new(keys);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());

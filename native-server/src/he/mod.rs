@@ -7,10 +7,12 @@
 //! - [`diagonal`]: its pre-rotated, run-compressed diagonals;
 //! - [`linear`]: evaluating planned linear layers on ciphertexts;
 //! - [`infer`]: the server-side evaluation of a whole plan (no secret key);
+//! - [`keys`]: which rotation keys the client uploads and which the server derives;
 
 pub mod bsgs;
 pub mod diagonal;
 pub mod infer;
+pub mod keys;
 pub mod linear;
 pub mod operator;
 pub mod plan;
@@ -177,7 +179,8 @@ pub(crate) mod tests {
         let plan = Plan::new(model, ctx).unwrap();
         let client =
             Client::with_context(ctx.clone(), client_contract(model, &plan, ctx).unwrap()).unwrap();
-        let keys = client.evaluation_keys().unwrap();
+        let mut keys = client.evaluation_keys().unwrap();
+        plan.keys.derive(&Evaluator::new(ctx), &mut keys).unwrap();
         let input: Vec<f64> = weights(model.input_shape().size(), 77, 1.8)
             .into_iter()
             .map(f64::from)
@@ -307,7 +310,8 @@ pub(crate) mod tests {
         let client =
             Client::with_context(ctx.clone(), client_contract(&model, &plan, &ctx).unwrap())
                 .unwrap();
-        let keys = client.evaluation_keys().unwrap();
+        let mut keys = client.evaluation_keys().unwrap();
+        plan.keys.derive(&Evaluator::new(&ctx), &mut keys).unwrap();
         let images: Vec<Vec<f64>> = (0..batch as u64)
             .map(|j| {
                 weights(model.input_shape().size(), 300 + j, 1.8)

@@ -17,6 +17,7 @@ use blindsight_core::{scales_equal, Context};
 use rayon::prelude::*;
 
 use crate::he::bsgs::{BabySteps, LinearPlan};
+use crate::he::keys::KeyPlan;
 use crate::he::operator::Operator;
 use crate::model::{Model, Op, Shape, Source};
 
@@ -306,6 +307,8 @@ pub struct Plan {
     pub output_offset: Vec<f64>,
     /// Rotation amounts (left, in slots) and the highest level each is used at.
     pub rotations: BTreeMap<usize, usize>,
+    /// Which of those keys the client uploads and which the server derives.
+    pub keys: KeyPlan,
     /// Highest level of a relinearization, if any.
     pub relin_level: Option<usize>,
 }
@@ -403,6 +406,7 @@ impl Plan {
         }
         let output_offset = out.offset.clone();
         let (rotations, relin_level) = keys_needed(&steps);
+        let keys = KeyPlan::new(ctx, &rotations);
         Ok(Self {
             params: params.name().to_string(),
             input,
@@ -413,6 +417,7 @@ impl Plan {
             outputs,
             output_offset,
             rotations,
+            keys,
             relin_level,
         })
     }
