@@ -243,7 +243,7 @@ impl Evaluator {
             2 => {}
             d => return Err(CkksError::Degree(d)),
         }
-        let key = keys.relin()?;
+        let key = keys.relin_at(a.level)?;
         self.check_key(key, a.level)?;
         let (mut u0, mut u1) = switch_key(&self.ctx, a.level, &a.c[2], key);
         let basis = self.basis(a.level);
@@ -404,7 +404,7 @@ impl Evaluator {
     ) -> Result<Ciphertext, CkksError> {
         self.check(a)?;
         Self::check_degree1(a)?;
-        let key = keys.galois(g)?;
+        let key = keys.galois_at(g, a.level)?;
         self.check_key(key, a.level)?;
         let dec = Decomposition::new(&self.ctx, a.level, key.layout, &a.c[1]);
         Ok(self.galois_from_decomposition(a, &dec, g, key))
@@ -465,7 +465,7 @@ impl Evaluator {
             .collect();
         let mut ks = Vec::with_capacity(gs.len());
         for &g in &gs {
-            let key = keys.galois(g)?;
+            let key = keys.galois_at(g, a.level)?;
             self.check_key(key, a.level)?;
             ks.push(key);
         }

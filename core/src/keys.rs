@@ -110,10 +110,15 @@ impl SwitchingKey {
 /// The evaluation keys a server holds for one session, prepared for use: a Galois key for g is
 /// stored as `sigma_g^-1(key)`, so that a rotation permutes its two output polynomials once
 /// instead of every digit of the decomposition (see `Evaluator::apply_galois`).
+///
+/// A kind may have keys for several levels (a key the server derived for the low levels beside the
+/// uploaded one for the top): an operation uses the one made for the lowest level that serves its
+/// ciphertext, whose switch is the cheapest.
 #[derive(Clone, Debug)]
 pub struct EvaluationKeys {
     ctx: Arc<Context>,
-    keys: HashMap<KeyKind, Arc<SwitchingKey>>,
+    /// Per kind, by ascending level.
+    keys: HashMap<KeyKind, Vec<Arc<SwitchingKey>>>,
 }
 
 impl EvaluationKeys {
@@ -124,7 +129,8 @@ impl EvaluationKeys {
         }
     }
 
-    /// Adds a key (replacing one of the same kind). Errors if it belongs to other parameters.
+    /// Adds a key (replacing one of the same kind and level). Errors if it belongs to other
+    /// parameters.
     pub fn insert(&mut self, mut key: SwitchingKey) -> Result<(), CkksError> {
         if &key.fingerprint != self.ctx.fingerprint() {
             return Err(CkksError::ParamsMismatch);
@@ -138,26 +144,48 @@ impl EvaluationKeys {
                 *p = basis.permute(p, &inv);
             }
         }
-        self.keys.insert(key.kind, Arc::new(key));
+        let held = self.keys.entry(key.kind).or_default();
+        held.retain(|k| k.level != key.level);
+        held.push(Arc::new(key));
+        held.sort_by_key(|k| k.level);
         Ok(())
     }
 
-    pub fn relin(&self) -> Result<&SwitchingKey, CkksError> {
-        self.keys
-            .get(&KeyKind::Relin)
+    /// The key of `kind` for a ciphertext at `level`: the one made for the lowest level at or
+    /// above it, or the highest held if none reaches it (the caller's level check says so).
+    fn for_level(&self, kind: KeyKind, level: usize) -> Option<&SwitchingKey> {
+        let held = self.keys.get(&kind)?;
+        held.iter()
+            .find(|k| k.level >= level)
+            .or(held.last())
             .map(|k| &**k)
+    }
+
+    /// The relinearization key made for the highest level.
+    pub fn relin(&self) -> Result<&SwitchingKey, CkksError> {
+        self.relin_at(usize::MAX)
+    }
+
+    /// The relinearization key for a ciphertext at `level`.
+    pub fn relin_at(&self, level: usize) -> Result<&SwitchingKey, CkksError> {
+        self.for_level(KeyKind::Relin, level)
             .ok_or(CkksError::MissingRelinKey)
     }
 
+    /// The Galois key for `g` made for the highest level.
     pub fn galois(&self, g: u64) -> Result<&SwitchingKey, CkksError> {
-        self.keys
-            .get(&KeyKind::Galois(g))
-            .map(|k| &**k)
+        self.galois_at(g, usize::MAX)
+    }
+
+    /// The Galois key for `g` for a ciphertext at `level`.
+    pub fn galois_at(&self, g: u64, level: usize) -> Result<&SwitchingKey, CkksError> {
+        self.for_level(KeyKind::Galois(g), level)
             .ok_or(CkksError::MissingGaloisKey(g))
     }
 
+    /// Keys held, counting each level of a kind.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.keys.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -166,7 +194,7 @@ impl EvaluationKeys {
 
     /// The keys held (Galois keys in their prepared, permuted form).
     pub fn iter(&self) -> impl Iterator<Item = &SwitchingKey> {
-        self.keys.values().map(|k| &**k)
+        self.keys.values().flatten().map(|k| &**k)
     }
 }
 

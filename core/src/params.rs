@@ -291,12 +291,13 @@ impl Params {
     /// The layout of a key for ciphertext `level` that the server derives instead of receiving
     /// it: its special primes are those of Q just above `level` (with [`DERIVED_MARGIN_BITS`]),
     /// so that the key is a pair of polynomials over Q_m, m = level + special, which the keys
-    /// uploaded for level m and above can rotate. The fewest digits that fit below the top level;
-    /// none where no digit count does (near the top).
+    /// uploaded for level m and above can rotate. The fewest digits (at most the set's `dnum`:
+    /// more would make the key larger and its switches dearer than the top key's) that fit below
+    /// the top level; none where no digit count does (near the top).
     pub fn derived_layout(&self, level: usize) -> Option<KeyLayout> {
         let q = self.q.get(..=level)?;
         let above = &self.q[level + 1..];
-        (1..=q.len()).find_map(|digits| {
+        (1..=self.spec.dnum.min(q.len())).find_map(|digits| {
             let alpha = q.len().div_ceil(digits);
             let widest = q.chunks(alpha).map(log2_product).fold(0.0, f64::max);
             let special = (1..=above.len())
@@ -442,6 +443,15 @@ mod tests {
         }
         let q_from = |first| SpecialPrimes::Q { first };
         assert_eq!(derived(20), None);
+        assert_eq!(derived(13), None, "two digits of 7 primes need 8 above");
+        assert_eq!(
+            derived(12),
+            Some(KeyLayout {
+                alpha: 7,
+                special: 8,
+                primes: q_from(13)
+            })
+        );
         assert_eq!(
             derived(11),
             Some(KeyLayout {

@@ -638,7 +638,8 @@ fn invariants_are_checked_at_the_boundary() {
 /// at level 11 (two digits, special primes q12..q18), 8 at level 6 (eight rotations by 1) and 16 at
 /// level 1 (from the derived 8) rotate as accurately as keys a client made, mix with them in a
 /// hoisted rotation, and a level with no derived layout or an element the keys do not reach is an
-/// error.
+/// error. A copy of the top key for 1 made for level 6 is what ciphertexts at levels 6 and below
+/// use; those above still use the top key.
 #[test]
 fn derived_keys_rotate_like_made_ones() {
     let ctx = Context::named("N16_L39").unwrap();
@@ -651,11 +652,16 @@ fn derived_keys_rotate_like_made_ones() {
     }
     let ev = Evaluator::new(&ctx);
     let g = |r| ctx.galois_element(r);
-    for (r, level) in [(2, 11), (64, 11), (8, 6), (16, 1)] {
+    for (r, level) in [(2, 11), (64, 11), (8, 6), (16, 1), (1, 6)] {
         keys.derive_galois(&ev, g(r), level).unwrap();
-        let key = keys.galois(g(r)).unwrap();
+        let key = keys.galois_at(g(r), level).unwrap();
         assert_eq!(key.layout(), ctx.params().derived_layout(level).unwrap());
+        assert_eq!(key.level(), level);
     }
+    assert_eq!(keys.len(), 7, "the copy for 1 is held beside the top key");
+    assert_eq!(keys.galois_at(g(1), 3).unwrap().level(), 6);
+    assert_eq!(keys.galois_at(g(1), 7).unwrap().level(), top);
+    assert_eq!(keys.galois(g(1)).unwrap().level(), top);
     assert_eq!(keys.galois(g(2)).unwrap().digits(), 2);
     assert!(matches!(
         keys.derive_galois(&ev, g(2), top),
@@ -673,7 +679,11 @@ fn derived_keys_rotate_like_made_ones() {
     let n = ctx.params().slots();
     let x = values(n, 43);
     let scale = ctx.params().default_scale();
-    for (level, rs) in [(11, vec![1, 2, 64]), (6, vec![8, 2]), (1, vec![16, 8])] {
+    for (level, rs) in [
+        (11, vec![1, 2, 64]),
+        (6, vec![8, 2, 1]),
+        (1, vec![16, 8, 1]),
+    ] {
         let pt = Plaintext::encode_real(&ctx, &x, level, scale).unwrap();
         let ct = Encryptor::new(&ctx).encrypt_sk(&pt, &sk).unwrap();
         let hoisted = ev.rotate_hoisted(&ct, &rs, &keys).unwrap();

@@ -2,8 +2,13 @@
 //! (`blindsight_core::derive`): a key is derived wherever its level has a derived layout and the
 //! keys already available at the level it is derived at compose to its rotation. What remains to
 //! upload is the top levels' keys (no prime of Q above them) and relinearization.
+//!
+//! An uploaded amount used at several derivable levels also gets a derived copy for the highest of
+//! them: the lower levels then switch with that copy's layout (fewer digits or special primes than
+//! the top's) instead of the top key's. ResNet-20's giant step 1024 is the case: its rotations at
+//! levels 0-12 take a key for level 12 (special primes q13..q20) instead of the top's 12 of P.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use blindsight_core::derive::galois_path;
 use blindsight_core::params::SpecialPrimes;
@@ -15,16 +20,24 @@ pub struct KeyPlan {
     /// Amounts (left, in slots) the client makes keys for, with the level each is made at.
     pub uploaded: BTreeMap<usize, usize>,
     /// Amounts the server derives, with their levels, in the order they are derived (each from
-    /// the uploaded keys and those derived before it).
+    /// the uploaded keys and those derived before it). An uploaded amount may appear here too:
+    /// a copy for lower levels.
     pub derived: Vec<(usize, usize)>,
 }
 
+/// Derivable levels an uploaded amount must be used at for a copy: a copy for a single layer costs
+/// its derivation and memory (about 44 MB at level 12) for a few rotations.
+const COPY_MIN_LEVELS: usize = 3;
+
 impl KeyPlan {
-    /// Splits `rotations` (amount -> highest level used). Keys are taken from the highest level
+    /// Splits `uses` (amount -> levels it is used at). Keys are taken from the highest level
     /// down, so that every key that could serve a derivation is settled before it.
-    pub fn new(ctx: &Context, rotations: &BTreeMap<usize, usize>) -> Self {
+    pub fn new(ctx: &Context, uses: &BTreeMap<usize, BTreeSet<usize>>) -> Self {
         let two_n = 2 * ctx.n() as u64;
-        let mut by_level: Vec<(usize, usize)> = rotations.iter().map(|(&a, &l)| (a, l)).collect();
+        let mut by_level: Vec<(usize, usize)> = uses
+            .iter()
+            .filter_map(|(&a, levels)| Some((a, *levels.last()?)))
+            .collect();
         by_level.sort_by_key(|&(a, l)| (std::cmp::Reverse(l), a));
         let mut have: Vec<(u64, usize)> = Vec::new();
         let mut plan = Self {
@@ -48,6 +61,19 @@ impl KeyPlan {
             }
             have.push((g, level));
         }
+        for (&amount, &top) in &plan.uploaded {
+            let lower: Vec<usize> = uses[&amount]
+                .iter()
+                .rev()
+                .copied()
+                .filter(|&l| l < top && derived_at(ctx, l).is_some_and(|m| m <= top))
+                .collect();
+            if lower.len() >= COPY_MIN_LEVELS {
+                plan.derived.push((amount, lower[0]));
+            }
+        }
+        plan.derived
+            .sort_by_key(|&(a, l)| (std::cmp::Reverse(l), a));
         plan
     }
 
@@ -74,36 +100,47 @@ fn derived_at(ctx: &Context, level: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
+    fn uses(list: &[(usize, &[usize])]) -> BTreeMap<usize, BTreeSet<usize>> {
+        list.iter()
+            .map(|&(a, levels)| (a, levels.iter().copied().collect()))
+            .collect()
+    }
+
     /// For ResNet-20's keys: the top level's three are uploaded, everything below level 12
-    /// derived, and a set without a derivable level uploads all.
+    /// derived, the giant step (used at every level) gets a copy for level 12 and the baby steps
+    /// of stage 1 (one derivable level) none, and a set without a derivable level uploads all.
     #[test]
     fn only_the_top_keys_are_uploaded() {
         let ctx = Context::named("N16_L39").unwrap();
-        let rotations: BTreeMap<usize, usize> = [
-            (1, 20),
-            (2, 11),
-            (4, 11),
-            (8, 6),
-            (16, 1),
-            (32, 20),
-            (64, 11),
-            (128, 11),
-            (256, 6),
-            (512, 1),
-            (1024, 20),
-        ]
-        .into();
-        let plan = KeyPlan::new(&ctx, &rotations);
+        let every: Vec<usize> = (0..=20).collect();
+        let stage1: Vec<usize> = (12..=20).rev().step_by(2).collect();
+        let plan = KeyPlan::new(
+            &ctx,
+            &uses(&[
+                (1, &stage1),
+                (2, &[11, 9, 7]),
+                (4, &[11]),
+                (8, &[6]),
+                (16, &[1]),
+                (32, &stage1),
+                (64, &[11, 9]),
+                (128, &[11]),
+                (256, &[6]),
+                (512, &[1]),
+                (1024, &every),
+            ]),
+        );
         assert_eq!(
             plan.uploaded,
             BTreeMap::from([(1, 20), (32, 20), (1024, 20)])
         );
-        assert_eq!(plan.derived.len(), 8);
-        assert_eq!(plan.derived[0].1, 11, "highest level first");
+        assert_eq!(plan.derived.len(), 9);
+        assert_eq!(plan.derived[0], (1024, 12), "highest level first");
+        assert!(!plan.derived.contains(&(1, 12)));
         // an amount the keys above cannot reach is uploaded: multiples of 1024 never make 1
-        let only = BTreeMap::from([(1024, 20), (1, 6)]);
+        let only = uses(&[(1024, &[20]), (1, &[6])]);
         let plan = KeyPlan::new(&ctx, &only);
-        assert_eq!(plan.uploaded, only);
+        assert_eq!(plan.uploaded, BTreeMap::from([(1024, 20), (1, 6)]));
         assert!(plan.derived.is_empty());
     }
 }

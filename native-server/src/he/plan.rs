@@ -10,7 +10,7 @@
 //! (two levels per prime). Every layer's output scale is exactly Delta: weights are encoded at
 //! `Delta * q / scale_in`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use blindsight_core::layout::{LayoutError, SlotLayout};
 use blindsight_core::{scales_equal, Context};
@@ -405,8 +405,12 @@ impl Plan {
             )));
         }
         let output_offset = out.offset.clone();
-        let (rotations, relin_level) = keys_needed(&steps);
-        let keys = KeyPlan::new(ctx, &rotations);
+        let (uses, relin_level) = keys_needed(&steps);
+        let rotations = uses
+            .iter()
+            .map(|(&a, levels)| (a, *levels.last().expect("an amount is used somewhere")))
+            .collect();
+        let keys = KeyPlan::new(ctx, &uses);
         Ok(Self {
             params: params.name().to_string(),
             input,
@@ -441,14 +445,13 @@ fn depth(model: &Model) -> usize {
     depth[model.output()]
 }
 
-/// The rotation amounts with the highest level each is used at, and the highest level of a
-/// relinearization: the evaluation keys the client must make.
-fn keys_needed(steps: &[Step]) -> (BTreeMap<usize, usize>, Option<usize>) {
-    let mut rotations = BTreeMap::new();
+/// The rotation amounts with the levels each is used at, and the highest level of a
+/// relinearization: the evaluation keys the plan needs.
+fn keys_needed(steps: &[Step]) -> (BTreeMap<usize, BTreeSet<usize>>, Option<usize>) {
+    let mut rotations: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
     let mut relin_level = None;
     let mut note = |amount: usize, level: usize| {
-        let e = rotations.entry(amount).or_insert(level);
-        *e = (*e).max(level);
+        rotations.entry(amount).or_default().insert(level);
     };
     for st in steps {
         for lin in st.kind.linear_plans() {
