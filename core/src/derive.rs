@@ -24,7 +24,6 @@ use crate::ciphertext::Ciphertext;
 use crate::error::CkksError;
 use crate::evaluator::Evaluator;
 use crate::keys::{EvaluationKeys, KeyKind, SwitchingKey};
-use crate::params::SpecialPrimes;
 use crate::rns::RnsPoly;
 
 /// The fewest Galois elements among `available` whose product (mod 2N) is `target`, in order of
@@ -84,11 +83,11 @@ pub fn derive_galois_key(
         .params()
         .derived_layout(level)
         .ok_or(CkksError::NotDerivable { level })?;
-    let SpecialPrimes::Q { first } = layout.primes else {
-        unreachable!("a derived layout's special primes are in Q")
-    };
     // the level the pairs live at, which the keys used must serve
-    let m = first + layout.special - 1;
+    let m = layout
+        .derived_at()
+        .expect("a derived layout's special primes are in Q");
+    let first = m + 1 - layout.special;
     let available: Vec<u64> = keys
         .iter()
         .filter(|k| k.level() >= m)

@@ -130,6 +130,15 @@ impl KeyLayout {
     pub fn digits(&self, level: usize) -> usize {
         (level + 1).div_ceil(self.alpha)
     }
+
+    /// For special primes in Q (a derived key), the level m whose ciphertexts have the key's
+    /// shape: it lies over Q_m, so keys serving level m can rotate it.
+    pub fn derived_at(&self) -> Option<usize> {
+        match self.primes {
+            SpecialPrimes::Q { first } => Some(first + self.special - 1),
+            SpecialPrimes::P => None,
+        }
+    }
 }
 
 /// A validated parameter set with its primes.
@@ -203,7 +212,14 @@ impl Params {
         }
         let layouts = (0..q.len())
             .map(|l| {
-                key_layout(&q[..=l], &p, spec.dnum).ok_or(ParamsError::SpecialModulus {
+                key_layout(
+                    &q[..=l],
+                    &p,
+                    spec.dnum,
+                    SPECIAL_MARGIN_BITS,
+                    SpecialPrimes::P,
+                )
+                .ok_or(ParamsError::SpecialModulus {
                     level: l,
                     dnum: spec.dnum,
                 })
@@ -297,17 +313,8 @@ impl Params {
     pub fn derived_layout(&self, level: usize) -> Option<KeyLayout> {
         let q = self.q.get(..=level)?;
         let above = &self.q[level + 1..];
-        (1..=self.spec.dnum.min(q.len())).find_map(|digits| {
-            let alpha = q.len().div_ceil(digits);
-            let widest = q.chunks(alpha).map(log2_product).fold(0.0, f64::max);
-            let special = (1..=above.len())
-                .find(|&k| log2_product(&above[..k]) >= widest + DERIVED_MARGIN_BITS)?;
-            Some(KeyLayout {
-                alpha,
-                special,
-                primes: SpecialPrimes::Q { first: level + 1 },
-            })
-        })
+        let primes = SpecialPrimes::Q { first: level + 1 };
+        key_layout(q, above, self.spec.dnum, DERIVED_MARGIN_BITS, primes)
     }
     pub fn default_scale(&self) -> f64 {
         (self.spec.log_scale as f64).exp2()
@@ -319,23 +326,25 @@ impl Params {
     }
 }
 
-/// The smallest digit count (at most `max_digits`) whose largest digit of `q` the special primes
-/// cover with [`SPECIAL_MARGIN_BITS`] to spare, and the fewest leading special primes that do.
-fn key_layout(q: &[u64], p: &[u64], max_digits: usize) -> Option<KeyLayout> {
-    for digits in 1..=max_digits.min(q.len()) {
+/// The smallest digit count (at most `max_digits`) whose largest digit of `q` the candidate
+/// special primes `p` cover with `margin` bits to spare, and the fewest leading ones that do.
+fn key_layout(
+    q: &[u64],
+    p: &[u64],
+    max_digits: usize,
+    margin: f64,
+    primes: SpecialPrimes,
+) -> Option<KeyLayout> {
+    (1..=max_digits.min(q.len())).find_map(|digits| {
         let alpha = q.len().div_ceil(digits);
         let widest = q.chunks(alpha).map(log2_product).fold(0.0, f64::max);
-        if let Some(special) =
-            (1..=p.len()).find(|&k| log2_product(&p[..k]) >= widest + SPECIAL_MARGIN_BITS)
-        {
-            return Some(KeyLayout {
-                alpha,
-                special,
-                primes: SpecialPrimes::P,
-            });
-        }
-    }
-    None
+        let special = (1..=p.len()).find(|&k| log2_product(&p[..k]) >= widest + margin)?;
+        Some(KeyLayout {
+            alpha,
+            special,
+            primes,
+        })
+    })
 }
 
 /// log2 of a product of primes.

@@ -224,7 +224,8 @@ pub struct BenchReport {
     pub eval_key_bytes: usize,
     /// Rotation keys the plan uses, uploaded and derived.
     pub rotation_keys: usize,
-    /// Of those, the keys the server derives (after the upload, once per session).
+    /// Keys the server derives (after the upload, once per session), copies for lower levels of
+    /// uploaded amounts included.
     pub derived_keys: usize,
     /// Seconds the server takes to derive them.
     pub derive_s: f64,

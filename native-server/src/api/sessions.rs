@@ -66,8 +66,8 @@ pub struct SessionStore {
     config: StoreConfig,
     ctx: Arc<Context>,
     contract: Arc<ClientContract>,
-    /// The keys derived from the uploaded ones when a session's keys are loaded.
-    derived: KeyPlan,
+    /// Which keys are derived from the uploaded ones when a session's keys are loaded.
+    key_plan: KeyPlan,
     sessions: Mutex<HashMap<SessionId, Session>>,
     /// Loaded keys, most recently used last.
     loaded: Mutex<Vec<(SessionId, Arc<EvaluationKeys>, u64)>>,
@@ -89,14 +89,14 @@ impl SessionStore {
         config: StoreConfig,
         ctx: Arc<Context>,
         contract: Arc<ClientContract>,
-        derived: KeyPlan,
+        key_plan: KeyPlan,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&config.dir)?;
         let store = Self {
             config,
             ctx,
             contract,
-            derived,
+            key_plan,
             sessions: Mutex::new(HashMap::new()),
             loaded: Mutex::new(Vec::new()),
         };
@@ -373,7 +373,7 @@ impl SessionStore {
             keys.insert(key)
                 .map_err(|e| ApiError::internal(format!("key {k}: {e}")))?;
         }
-        self.derived
+        self.key_plan
             .derive(&Evaluator::new(&self.ctx), &mut keys)
             .map_err(|e| ApiError::internal(format!("deriving keys: {e}")))?;
         let bytes = keys.iter().map(|k| k.memory_bytes() as u64).sum();

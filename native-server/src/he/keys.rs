@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use blindsight_core::derive::galois_path;
-use blindsight_core::params::SpecialPrimes;
 use blindsight_core::{CkksError, Context, EvaluationKeys, Evaluator};
 
 /// The rotation keys of a plan, split between the client and the server.
@@ -89,11 +88,7 @@ impl KeyPlan {
 
 /// The level a key for `level` is derived at (its pairs live over Q_m), if it can be derived.
 fn derived_at(ctx: &Context, level: usize) -> Option<usize> {
-    let layout = ctx.params().derived_layout(level)?;
-    match layout.primes {
-        SpecialPrimes::Q { first } => Some(first + layout.special - 1),
-        SpecialPrimes::P => None,
-    }
+    ctx.params().derived_layout(level)?.derived_at()
 }
 
 #[cfg(test)]
