@@ -92,6 +92,7 @@ impl Client {
         Ok(match spec.purpose {
             KeyPurpose::Relin => kg.relin_key(spec.level)?,
             KeyPurpose::Rotation { amount, .. } => kg.rotation_key(amount, spec.level)?,
+            KeyPurpose::Conjugation { .. } => kg.conjugation_key(spec.level)?,
         })
     }
 

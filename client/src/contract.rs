@@ -133,6 +133,8 @@ pub enum KeyPurpose {
     Relin,
     /// A left rotation of the slots by `amount` (Galois element `5^amount mod 2N`).
     Rotation { amount: i64, galois_element: u64 },
+    /// Complex conjugation of the slots (Galois element `2N - 1`).
+    Conjugation { galois_element: u64 },
 }
 
 /// One evaluation key: what it is, the highest level it serves (it is made there), its size.
@@ -150,7 +152,8 @@ impl KeySpec {
     pub fn kind(&self) -> KeyKind {
         match self.purpose {
             KeyPurpose::Relin => KeyKind::Relin,
-            KeyPurpose::Rotation { galois_element, .. } => KeyKind::Galois(galois_element),
+            KeyPurpose::Rotation { galois_element, .. }
+            | KeyPurpose::Conjugation { galois_element } => KeyKind::Galois(galois_element),
         }
     }
 }
@@ -275,16 +278,23 @@ impl ClientContract {
             if key.bytes != wire(blindsight_core::wire::switching_key_size(ctx, key.level))? {
                 return bad(format!("key {k}: the size does not match its level"));
             }
-            if let KeyPurpose::Rotation {
-                amount,
-                galois_element,
-            } = key.purpose
-            {
-                if ctx.galois_element(amount) != galois_element {
+            match key.purpose {
+                KeyPurpose::Rotation {
+                    amount,
+                    galois_element,
+                } if ctx.galois_element(amount) != galois_element => {
                     return bad(format!(
                         "key {k}: the Galois element is not that of rotation {amount}"
                     ));
                 }
+                KeyPurpose::Conjugation { galois_element }
+                    if galois_element != ctx.conjugation_element() =>
+                {
+                    return bad(format!(
+                        "key {k}: the Galois element is not that of conjugation"
+                    ));
+                }
+                _ => {}
             }
         }
         Ok(())

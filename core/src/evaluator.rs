@@ -209,6 +209,23 @@ impl Evaluator {
         Ok(self.derived(c, a.level, a.scale))
     }
 
+    /// Multiplies every slot by the imaginary unit, exactly and without a level: `i` is
+    /// `X^(N/2)` at every evaluation point, so this is a product with that monomial (in NTT form,
+    /// one transform per limb for its table). A real value and another times `i` share a
+    /// ciphertext as real and imaginary parts.
+    pub fn mul_imag(&self, a: &Ciphertext) -> Result<Ciphertext, CkksError> {
+        self.check(a)?;
+        let basis = self.basis(a.level);
+        let n = self.ctx.n();
+        let mut monomial = basis.zero();
+        for i in 0..basis.len() {
+            monomial.limb_mut(i)[n / 2] = 1;
+        }
+        basis.forward(&mut monomial);
+        let c = a.c.iter().map(|x| basis.mul(x, &monomial)).collect();
+        Ok(self.derived(c, a.level, a.scale))
+    }
+
     /// Tensor product without relinearization: a degree-2 ciphertext whose scale is the product.
     pub fn mul(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext, CkksError> {
         self.check(a)?;
@@ -427,6 +444,20 @@ impl Evaluator {
         basis.add_assign(&mut u0, &a.c[0]);
         let (c0, c1) = par::join(|| basis.permute(&u0, &perm), || basis.permute(&u1, &perm));
         self.derived(vec![c0, c1], a.level, a.scale)
+    }
+
+    /// The real part of every slot, `a + conj(a)`: twice the value, recorded as twice the scale
+    /// (no level spent, no rounding but the key switch's). Clears an imaginary part that
+    /// carries another value or accumulated noise.
+    pub fn real_part(
+        &self,
+        a: &Ciphertext,
+        keys: &EvaluationKeys,
+    ) -> Result<Ciphertext, CkksError> {
+        let mut sum = self.conjugate(a, keys)?;
+        self.add_assign(&mut sum, a)?;
+        sum.scale *= 2.0;
+        Ok(sum)
     }
 
     /// Left rotation of the slots by `r` (negative: right).

@@ -194,6 +194,27 @@ impl SmallPlaintext {
         Self::round(ctx, &coeffs, max, level, scale)
     }
 
+    /// Encodes complex slot values `re + i*im` (missing entries zero); errors as
+    /// [`SmallPlaintext::encode_real`] does.
+    pub fn encode_complex(
+        ctx: &Context,
+        re: &[f64],
+        im: &[f64],
+        level: usize,
+        scale: f64,
+    ) -> Result<Self, CkksError> {
+        let len = re.len().max(im.len());
+        let z: Vec<Complex> = (0..len)
+            .map(|j| {
+                let x = re.get(j).copied().unwrap_or(0.0);
+                let y = im.get(j).copied().unwrap_or(0.0);
+                Complex::new(x, y)
+            })
+            .collect();
+        let (coeffs, max) = scaled_coefficients(ctx, &z, level, scale)?;
+        Self::round(ctx, &coeffs, max, level, scale)
+    }
+
     /// Encodes two real slot vectors, `a` at `scale_a` and `b` at `scale_b`, with one transform:
     /// the slots `a + i*b` encode to `m_a + X^(N/2) m_b` (multiplying every slot by i is
     /// multiplying by X^(N/2), which is i at every evaluation point), and a polynomial with real

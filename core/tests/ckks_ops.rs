@@ -278,6 +278,45 @@ fn conjugation_and_rotate_and_sum() {
     ));
 }
 
+/// Two real vectors in one ciphertext (`a + i*b`, the second part by `mul_imag`), one complex
+/// plaintext product `(p - i*q) (a + i*b)` and a conjugation: the real part `p*a + q*b` alone,
+/// the imaginary part gone, with no level spent but the product's.
+#[test]
+fn imaginary_parts_carry_a_second_vector() {
+    let f = fixture();
+    let ev = Evaluator::new(&f.ctx);
+    let n = f.ctx.params().slots();
+    let (a, b, p, q) = (values(n, 20), values(n, 21), values(n, 22), values(n, 23));
+    let l = f.ctx.max_level();
+    let (ca, cb) = (encrypt(f, &a, l, D40), encrypt(f, &b, l, D40));
+    let packed = ev.add(&ca, &ev.mul_imag(&cb).unwrap()).unwrap();
+    assert_eq!(packed.level(), l);
+    let got = decrypt(&f.ctx, &packed, &f.sk)
+        .unwrap()
+        .decode(&f.ctx)
+        .unwrap();
+    for j in 0..n {
+        assert!((got[j].re - a[j]).abs() < 1e-6 && (got[j].im - b[j]).abs() < 1e-6);
+    }
+    let neg_q: Vec<f64> = q.iter().map(|x| -x / 2.0).collect();
+    let half_p: Vec<f64> = p.iter().map(|x| x / 2.0).collect();
+    let pt = SmallPlaintext::encode_complex(&f.ctx, &half_p, &neg_q, l, D40).unwrap();
+    let prod = ev.dot_small_plain(&[&packed], &[pt]).unwrap();
+    let mut re = ev
+        .add(&prod, &ev.conjugate(&prod, &f.keys).unwrap())
+        .unwrap();
+    ev.rescale_assign(&mut re).unwrap();
+    let want: Vec<f64> = (0..n).map(|j| p[j] * a[j] + q[j] * b[j]).collect();
+    let got = decrypt(&f.ctx, &re, &f.sk).unwrap().decode(&f.ctx).unwrap();
+    let (mut err_re, mut err_im) = (0f64, 0f64);
+    for j in 0..n {
+        err_re = err_re.max((got[j].re - want[j]).abs());
+        err_im = err_im.max(got[j].im.abs());
+    }
+    // measured 2e-5 on this set: two products' rounding, a key switch and the rescale
+    assert!(err_re < 1e-4 && err_im < 1e-4, "{err_re} {err_im}");
+}
+
 #[test]
 fn keys_work_below_their_level_and_are_refused_above() {
     let f = fixture();

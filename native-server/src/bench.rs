@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blindsight_client::{Client, ClientContract};
-use blindsight_core::{CkksError, Context, EvaluationKeys, Evaluator};
+use blindsight_core::{Ciphertext, CkksError, Context, EvaluationKeys, Evaluator};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::client_contract;
@@ -26,6 +26,9 @@ pub struct ImageResult {
     pub eval: Duration,
     pub decrypt: Duration,
     pub steps: Vec<StepReport>,
+    /// Per step, the largest error of its decrypted value against the plaintext model (with
+    /// [`Session::check_layers`]; `None` for a step whose value is no model node's output).
+    pub layer_errors: Vec<Option<f64>>,
 }
 
 /// Both halves in one process: the server's plan and the client made from its contract, with
@@ -40,6 +43,9 @@ pub struct Session {
     pub keygen: Duration,
     /// The server's derivation of the keys the client does not upload.
     pub derive: Duration,
+    /// Decrypt every step's value and compare it with the plaintext model (a precision
+    /// diagnostic: the decryptions are inside the timed evaluation).
+    pub check_layers: bool,
 }
 
 impl Session {
@@ -61,6 +67,25 @@ impl Session {
             keys,
             keygen,
             derive: t1.elapsed(),
+            check_layers: false,
+        })
+    }
+
+    /// The largest error of step `i`'s decrypted value against the plaintext node outputs.
+    fn step_error(&self, i: usize, value: &Ciphertext, reference: &[Vec<f64>]) -> Option<f64> {
+        let step = &self.plan.steps[i];
+        if step.name.ends_with(".shortcut") {
+            return None;
+        }
+        let slots = self.client.decrypt_slots(value).ok()?;
+        let got = step.value.layout.extract(&slots).ok()?;
+        let want = reference.get(step.node)?;
+        (got.len() == want.len()).then(|| {
+            got.iter()
+                .zip(&step.value.offset)
+                .zip(want)
+                .map(|((g, o), w)| (step.value.mult * g + o - w).abs())
+                .fold(0.0, f64::max)
         })
     }
 
@@ -73,12 +98,23 @@ impl Session {
         mut progress: impl FnMut(usize, usize),
     ) -> anyhow::Result<ImageResult> {
         let reference = plain::forward(model, input)?;
+        let all = if self.check_layers {
+            plain::forward_all(model, input)?
+        } else {
+            Vec::new()
+        };
         let t0 = Instant::now();
         let ct = self.client.encrypt_tensor(input)?;
         let encrypt = t0.elapsed();
         let ev = Evaluator::new(&self.ctx);
+        let mut layer_errors = Vec::new();
         let t1 = Instant::now();
-        let (out, steps) = evaluate(&self.plan, &ev, &self.keys, &ct, |i, n, _| progress(i, n))?;
+        let (out, steps) = evaluate(&self.plan, &ev, &self.keys, &ct, |i, n, value| {
+            if self.check_layers {
+                layer_errors.push(self.step_error(i - 1, value, &all));
+            }
+            progress(i, n)
+        })?;
         let eval = t1.elapsed();
         let t2 = Instant::now();
         let logits = self.client.decrypt_logits(&out)?;
@@ -97,6 +133,7 @@ impl Session {
             eval,
             decrypt,
             steps,
+            layer_errors,
         })
     }
 }
@@ -308,6 +345,9 @@ pub struct LayerRow {
     pub rotations: usize,
     pub plain_mults: usize,
     pub ct_mults: usize,
+    /// Largest error of the step's decrypted value over the images (`bench --layer-errors`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error: Option<f64>,
 }
 
 /// Per-step medians over images.
@@ -333,6 +373,10 @@ pub fn layer_table(results: &[ImageResult]) -> Vec<LayerRow> {
             rotations: st.counts.rotations,
             plain_mults: st.counts.plain_mults,
             ct_mults: st.counts.ct_mults,
+            max_error: results
+                .iter()
+                .filter_map(|r| r.layer_errors.get(i).copied().flatten())
+                .reduce(f64::max),
         })
         .collect()
 }
@@ -487,6 +531,7 @@ mod tests {
                 rotations: 10,
                 plain_mults: 20,
                 ct_mults: 0,
+                max_error: None,
             }],
             batch: None,
         }

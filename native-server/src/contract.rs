@@ -12,7 +12,7 @@ use crate::he::plan::Plan;
 use crate::model::Model;
 
 /// The contract of `plan` (made for `model` with `ctx`). Keys come in the order rotations by
-/// ascending amount, then relinearization; each is made at the highest level it is used at. Only
+/// ascending amount, then conjugation, then relinearization; each is made at the highest level it is used at. Only
 /// the keys the server cannot derive are listed (`plan.keys.uploaded`).
 pub fn client_contract(
     model: &Model,
@@ -27,6 +27,16 @@ pub fn client_contract(
             purpose: KeyPurpose::Rotation {
                 amount,
                 galois_element: ctx.galois_element(amount),
+            },
+            level,
+            bytes: switching_key_size(ctx, level)?,
+        });
+    }
+    if let Some(level) = plan.conj_level {
+        keys.push(KeySpec {
+            index: keys.len(),
+            purpose: KeyPurpose::Conjugation {
+                galois_element: ctx.conjugation_element(),
             },
             level,
             bytes: switching_key_size(ctx, level)?,

@@ -207,6 +207,10 @@ struct BenchArgs {
     /// after the single-image runs of its images, and report both.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     batch: u64,
+    /// Decrypt every step's value and report its largest error against the plaintext model (a
+    /// precision diagnostic; the decryptions count in the step times).
+    #[arg(long)]
+    layer_errors: bool,
 }
 
 /// Errors print as one line with their context chain (`a: b: c`), whatever RUST_BACKTRACE says.
@@ -568,12 +572,13 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         path.display(),
         args.params
     );
-    let session = Session::new(&model, &args.params)?;
+    let mut session = Session::new(&model, &args.params)?;
+    session.check_layers = args.layer_errors;
     eprintln!(
-        "keys: {:.2} s for {} rotation keys + relinearization, {:.1} MB; {} more derived by the \
-         server in {:.2} s",
+        "keys: {:.2} s for the {} uploaded keys, {:.1} MB; {} more derived by the server in \
+         {:.2} s",
         session.keygen.as_secs_f64(),
-        session.plan.keys.uploaded.len(),
+        session.contract.keys.len(),
         session.contract.key_bytes() as f64 / 1e6,
         session.plan.keys.derived.len(),
         session.derive.as_secs_f64()
@@ -659,12 +664,17 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
 /// as in the JSON file.
 fn bench_table(report: &BenchReport) -> String {
     let mut out = format!(
-        "{:<24} {:>6} {:>9} {:>5} {:>7} {:>5} {:>6} {:>5}\n",
+        "{:<24} {:>6} {:>9} {:>5} {:>7} {:>5} {:>6} {:>5}",
         "layer", "kind", "time (s)", "level", "log2 sc", "rots", "pmults", "mults"
     );
+    let errors = report.layers.iter().any(|l| l.max_error.is_some());
+    if errors {
+        out += &format!(" {:>9}", "max error");
+    }
+    out += "\n";
     for l in &report.layers {
         out += &format!(
-            "{:<24} {:>6} {:>9.3} {:>5} {:>7.1} {:>5} {:>6} {:>5}\n",
+            "{:<24} {:>6} {:>9.3} {:>5} {:>7.1} {:>5} {:>6} {:>5}",
             l.name,
             l.kind,
             l.seconds,
@@ -674,6 +684,10 @@ fn bench_table(report: &BenchReport) -> String {
             l.plain_mults,
             l.ct_mults
         );
+        if let (true, Some(e)) = (errors, l.max_error) {
+            out += &format!(" {e:>9.2e}");
+        }
+        out += "\n";
     }
     let totals = [
         ("images", json(report.images)),
@@ -739,24 +753,26 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
         );
     }
     s += &format!(
-        "{:<24} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6}  layout\n",
+        "{:<24} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6} {:>4}  layout\n",
         if batched { "step [group]" } else { "step" },
         "kind",
         "level",
         "babies",
         "giants",
         "rots",
-        "diags"
+        "diags",
+        "pack"
     );
     let (mut rots, mut diags) = (0, 0);
     for st in &plan.steps {
-        let (kind, b, g, r, d) = match &st.kind {
+        let (kind, b, g, r, d, complex) = match &st.kind {
             StepKind::Linear { lin, .. } => (
                 "linear",
                 lin.babies.len(),
                 lin.giants,
                 lin.rotation_count(),
                 lin.diags().len(),
+                lin.complex,
             ),
             StepKind::LinearSum { terms } => {
                 let plans: Vec<_> = terms.iter().map(|(_, l)| l).collect();
@@ -766,11 +782,17 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
                     plans.iter().map(|l| l.giants).max().unwrap_or(0),
                     sum_rotation_count(&plans),
                     plans.iter().map(|l| l.diags().len()).sum(),
+                    plans.iter().any(|l| l.complex),
                 )
             }
-            StepKind::Activation { .. } => ("square", 0, 0, 0, 0),
-            StepKind::Add { .. } => ("add", 0, 0, 0, 0),
-            StepKind::Pool { amounts, .. } => ("pool", 0, 0, amounts.len(), 0),
+            StepKind::Activation { .. } => ("square", 0, 0, 0, 0, false),
+            StepKind::Add { .. } => ("add", 0, 0, 0, 0, false),
+            StepKind::Pool { amounts, .. } => ("pool", 0, 0, amounts.len(), 0, false),
+        };
+        let pack = match (d, complex) {
+            (0, _) => "",
+            (_, true) => "cplx",
+            (_, false) => "real",
         };
         rots += r;
         diags += d;
@@ -781,7 +803,7 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
             st.name.clone()
         };
         s += &format!(
-            "{name:<24} {kind:>6} {:>5} {b:>6} {g:>6} {r:>6} {d:>6}  {}x{}x{} gap {} blocks {} offset {}",
+            "{name:<24} {kind:>6} {:>5} {b:>6} {g:>6} {r:>6} {d:>6} {pack:>4}  {}x{}x{} gap {} blocks {} offset {}",
             st.value.level, l.channels(), l.height(), l.width(), l.gap(), l.blocks(), l.offset()
         );
         if batched {
@@ -807,6 +829,9 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
     );
     for (a, l) in &plan.keys.derived {
         s += &format!(" {a}@{l}");
+    }
+    if let Some(l) = plan.conj_level {
+        s += &format!("\nconjugation key uploaded (complex packing): @{l}");
     }
     s += &format!(
         "\nevaluation keys uploaded: {:.1} MB (relinearization at level {:?})\n",

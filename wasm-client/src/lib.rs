@@ -41,9 +41,10 @@ const TS_TYPES: &str = r#"
 /** An evaluation key of the contract (its JSON field names). */
 export interface KeySpec {
     index: number;
-    kind: "rotation" | "relin";
-    /** Rotations only: the left rotation of the slots, and its Galois element. */
+    kind: "rotation" | "conjugation" | "relin";
+    /** Rotations only: the left rotation of the slots. */
     amount?: number;
+    /** Rotations and conjugation: the Galois element. */
     galois_element?: number;
     /** The highest level the key serves (it is made there). */
     level: number;
@@ -112,8 +113,8 @@ impl WasmClient {
         self.inner.contract().keys.len()
     }
 
-    /// Key `k` as the contract describes it: `{ index, kind: "rotation" | "relin", amount?,
-    /// galois_element?, level, bytes }` (the contract's JSON field names).
+    /// Key `k` as the contract describes it: `{ index, kind: "rotation" | "conjugation" |
+    /// "relin", amount?, galois_element?, level, bytes }` (the contract's JSON field names).
     #[wasm_bindgen(js_name = keySpec, unchecked_return_type = "KeySpec")]
     pub fn key_spec(&self, k: usize) -> Result<JsValue, JsError> {
         to_js(self.inner.contract().key(k)?)

@@ -11,6 +11,14 @@
 //! and one row of the 32-wide grid every layout shares: three decompositions more per 3x3 layer,
 //! and no rotation key at those levels but 1, the row and the giant step.
 //! All amounts are non-negative left rotations: the planner shifts output layouts to make them so.
+//!
+//! **Complex packing** (`complex`): the input becomes `X = in + i*rot_G(in)`, one rotation and a
+//! free product with `i`, so that each baby rotation of `X` carries the input at two giant
+//! offsets, `g` in its real part and `g + 1` in its imaginary part. One complex diagonal
+//! `d_g - i*rot_G(d_(g+1))` then does the work of two real ones, the Horner chain steps by `2G`
+//! with half the terms, and the real part of the result, `(acc + conj(acc))/2`, drops the
+//! imaginary cross terms exactly and spends no level: half the plaintext products and giant
+//! rotations for one rotation and one conjugation more.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -58,8 +66,10 @@ pub struct LinearPlan {
     pub out_scale: f64,
     /// The giant step `G` (slots).
     pub giant: usize,
-    /// Number of giant steps (the Horner chain has `giants - 1` rotations by `G`).
+    /// Number of giant steps (channel-block offsets `0..giants`).
     pub giants: usize,
+    /// Complex packing (see the module doc): two giant steps per Horner term.
+    pub complex: bool,
     /// Baby amounts, ascending; `tree[baby_node[i]]` computes `babies[i]`.
     pub babies: Vec<usize>,
     pub tree: Vec<TreeNode>,
@@ -86,6 +96,7 @@ impl LinearPlan {
         level: usize,
         out_scale: f64,
         steps: BabySteps,
+        complex: bool,
     ) -> Self {
         let giant = input.block();
         let outputs = output_raw.len();
@@ -145,6 +156,7 @@ impl LinearPlan {
             out_scale,
             giant,
             giants,
+            complex,
             babies,
             tree,
             baby_node,
@@ -157,10 +169,38 @@ impl LinearPlan {
         self.diagonals.get().map_or(&[], Vec::as_slice)
     }
 
-    /// Every rotation amount this layer uses.
+    /// Giant steps per Horner term: two with complex packing.
+    pub fn fold(&self) -> usize {
+        if self.complex {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The Horner chain's rotation amount.
+    pub fn horner_step(&self) -> usize {
+        self.giant * self.fold()
+    }
+
+    /// Terms of the Horner chain.
+    pub fn horner_terms(&self) -> usize {
+        self.giants.div_ceil(self.fold())
+    }
+
+    /// Whether the input gets an imaginary copy (complex packing with an odd giant step to
+    /// carry).
+    pub fn packs_imaginary(&self) -> bool {
+        self.complex && self.giants > 1
+    }
+
+    /// Every rotation amount this layer uses (the conjugation of complex packing aside).
     pub fn rotation_amounts(&self) -> Vec<usize> {
         let mut v: Vec<usize> = self.tree.iter().skip(1).map(|t| t.step).collect();
-        if self.giants > 1 {
+        if self.horner_terms() > 1 {
+            v.push(self.horner_step());
+        }
+        if self.packs_imaginary() {
             v.push(self.giant);
         }
         v.sort_unstable();
@@ -168,9 +208,9 @@ impl LinearPlan {
         v
     }
 
-    /// Rotations per evaluation.
+    /// Rotations per evaluation (a conjugation counted as one).
     pub fn rotation_count(&self) -> usize {
-        self.tree.len() - 1 + self.giants - 1
+        sum_rotation_count(&[self])
     }
 
     /// Whether `self` and `other` can be summed inside one Horner chain: same output layout,
@@ -180,15 +220,21 @@ impl LinearPlan {
             && self.level == other.level
             && self.out_scale == other.out_scale
             && self.giant == other.giant
+            && self.complex == other.complex
             && self.input.slots() == other.input.slots()
     }
 }
 
-/// Rotations per evaluation of the sum of `plans` (each its own baby tree, one shared chain).
+/// Rotations per evaluation of the sum of `plans` (each its own baby tree and imaginary copy,
+/// one shared chain and conjugation).
 pub fn sum_rotation_count(plans: &[&LinearPlan]) -> usize {
-    let babies: usize = plans.iter().map(|p| p.tree.len() - 1).sum();
-    let giants = plans.iter().map(|p| p.giants).max().unwrap_or(1);
-    babies + giants - 1
+    let babies: usize = plans
+        .iter()
+        .map(|p| p.tree.len() - 1 + usize::from(p.packs_imaginary()))
+        .sum();
+    let terms = plans.iter().map(|p| p.horner_terms()).max().unwrap_or(1);
+    let conj = usize::from(plans.iter().any(|p| p.complex));
+    babies + terms - 1 + conj
 }
 
 /// Calls `f(amount, output slot, weight)` for every term of the map, for every image of `pairs`

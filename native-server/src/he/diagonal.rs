@@ -14,25 +14,37 @@ pub struct Run {
     pub weight: f64,
 }
 
-/// One plaintext of a linear layer: giant step `giant`, baby index `baby`, as runs of equal
+/// One plaintext of a linear layer: Horner term `giant`, baby index `baby`, as runs of equal
 /// weights (a convolution's diagonal is a few hundred runs, not 32768 values: kept for every
 /// image at a few KB instead of re-derived from the model or stored expanded).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Diagonal {
     pub giant: usize,
     pub baby: usize,
+    /// The real part.
     pub runs: Vec<Run>,
+    /// The imaginary part (complex packing only; empty otherwise).
+    pub imag: Vec<Run>,
     /// The runs repeat at each of these shifts (slots; `[0]` for one image): a batch's images
     /// that a layer maps alike share their runs instead of interleaving them.
     pub shifts: Vec<u32>,
 }
 
 impl Diagonal {
-    /// The slot vector.
+    /// The real part's slot vector.
     pub fn expand(&self, slots: usize) -> Vec<f64> {
+        self.expand_runs(&self.runs, slots)
+    }
+
+    /// The imaginary part's slot vector.
+    pub fn expand_imag(&self, slots: usize) -> Vec<f64> {
+        self.expand_runs(&self.imag, slots)
+    }
+
+    fn expand_runs(&self, runs: &[Run], slots: usize) -> Vec<f64> {
         let mut v = vec![0.0; slots];
         for &d in &self.shifts {
-            for r in &self.runs {
+            for r in runs {
                 for k in 0..r.count as usize {
                     v[(r.start as usize + k * r.stride as usize + d as usize) % slots] = r.weight;
                 }
@@ -97,7 +109,9 @@ impl LinearPlan {
             }
             _ => (self.pairs.clone(), vec![0]),
         };
-        let mut entries: Vec<(u32, u32, f64)> = Vec::new();
+        let (fold, mult) = (self.fold(), self.mult);
+        // (diagonal, imaginary part, slot, weight)
+        let mut entries: Vec<(u32, bool, u32, f64)> = Vec::new();
         for_each_amount(
             model,
             &self.op,
@@ -106,31 +120,49 @@ impl LinearPlan {
             &pairs,
             |a, p, w| {
                 let (g, b) = (a / self.giant, a % self.giant);
-                // rot_{-gG}(d)[p'] = d[p' - gG]: the entry for output slot p lands at p + gG
-                let slot = (p + g * self.giant) % slots;
-                entries.push(((g * nb) as u32 + index[b], slot as u32, w * self.mult));
+                let (h, odd) = (g / fold, g % fold == 1);
+                // rot_{-gG}(d)[p'] = d[p' - gG]: the entry for output slot p lands at p + gG;
+                // an odd step's rides in -Im of term h, rotated by G less (X's imaginary part
+                // is the input already rotated by G)
+                let slot = (p + h * fold * self.giant) % slots;
+                let w = if odd { -w * mult } else { w * mult };
+                entries.push(((h * nb) as u32 + index[b], odd, slot as u32, w));
             },
         );
-        entries.sort_unstable_by_key(|&(k, slot, _)| (k, slot));
-        let mut diags = Vec::new();
+        entries.sort_unstable_by_key(|&(k, odd, slot, _)| (k, odd, slot));
+        let mut diags: Vec<Diagonal> = Vec::new();
         let mut i = 0;
         while i < entries.len() {
-            let key = entries[i].0;
+            let (key, odd) = (entries[i].0, entries[i].1);
             let mut merged: Vec<(u32, f64)> = Vec::new();
-            while i < entries.len() && entries[i].0 == key {
-                let (_, slot, w) = entries[i];
+            while i < entries.len() && (entries[i].0, entries[i].1) == (key, odd) {
+                let (_, _, slot, w) = entries[i];
                 match merged.last_mut() {
                     Some(last) if last.0 == slot => last.1 += w,
                     _ => merged.push((slot, w)),
                 }
                 i += 1;
             }
-            diags.push(Diagonal {
-                giant: key as usize / nb,
-                baby: key as usize % nb,
-                runs: compress(&merged),
-                shifts: shifts.clone(),
-            });
+            let (giant, baby) = (key as usize / nb, key as usize % nb);
+            let runs = compress(&merged);
+            match diags.last_mut() {
+                // the imaginary part of the diagonal just made
+                Some(d) if odd && (d.giant, d.baby) == (giant, baby) => d.imag = runs,
+                _ => {
+                    let (runs, imag) = if odd {
+                        (Vec::new(), runs)
+                    } else {
+                        (runs, Vec::new())
+                    };
+                    diags.push(Diagonal {
+                        giant,
+                        baby,
+                        runs,
+                        imag,
+                        shifts: shifts.clone(),
+                    });
+                }
+            }
         }
         diags
     }

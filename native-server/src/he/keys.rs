@@ -7,6 +7,9 @@
 //! them: the lower levels then switch with that copy's layout (fewer digits or special primes than
 //! the top's) instead of the top key's. ResNet-20's giant step 1024 is the case: its rotations at
 //! levels 0-12 take a key for level 12 (special primes q13..q20) instead of the top's 12 of P.
+//!
+//! The conjugation key of complex packing is always uploaded: no product of rotations is a
+//! conjugation.
 
 use std::collections::{BTreeMap, BTreeSet};
 

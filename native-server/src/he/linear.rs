@@ -1,6 +1,7 @@
 //! Evaluation of planned linear layers on packed ciphertexts: baby rotations along the plan's
 //! tree (hoisted per parent), one limb-major inner product with the diagonals per giant step,
-//! and the Horner chain of giant rotations, then one rescale.
+//! and the Horner chain of giant rotations, then one rescale. With complex packing the input
+//! first gets its imaginary copy and the result its real part (see `bsgs`).
 
 use blindsight_core::{Ciphertext, CkksError, Context, EvaluationKeys, Evaluator, SmallPlaintext};
 
@@ -38,6 +39,18 @@ struct Prepared<'a> {
     by_giant: Vec<&'a [Diagonal]>,
 }
 
+/// The baby rotation each diagonal multiplies.
+fn baby_inputs<'a>(items: &[(&'a Prepared<'_>, &Diagonal)]) -> Vec<&'a Ciphertext> {
+    items
+        .iter()
+        .map(|(t, d)| {
+            t.nodes[t.plan.baby_node[d.baby]]
+                .as_ref()
+                .expect("every tree node is computed")
+        })
+        .collect()
+}
+
 /// Evaluates `sum_t plan_t(ct_t)` and rescales once. The plans must fuse (see
 /// [`LinearPlan::fuses_with`]): a residual block's last convolution and its shortcut then share
 /// one Horner chain of giant rotations and one rescale instead of paying for two.
@@ -68,7 +81,16 @@ pub fn apply_sum(
         } else {
             return Err(CkksError::LevelMismatch(plan.level, ct.level()));
         };
-        let pt_scale = plan.out_scale * q / ct.scale();
+        // complex packing: X = in + i*rot_G(in)
+        let ct = if plan.packs_imaginary() {
+            let copy = ev.rotate(&ct, plan.giant as i64, keys)?;
+            counts.rotations += 1;
+            ev.add(&ct, &ev.mul_imag(&copy)?)?
+        } else {
+            ct
+        };
+        // complex packing takes the real part at the end, which doubles the scale
+        let pt_scale = plan.out_scale * q / ct.scale() / plan.fold() as f64;
         // baby rotations along the tree, hoisted per parent
         let mut nodes: Vec<Option<Ciphertext>> = vec![None; plan.tree.len()];
         nodes[0] = Some(ct);
@@ -88,7 +110,7 @@ pub fn apply_sum(
             }
         }
         // diagonals are sorted by giant step
-        let mut by_giant: Vec<&[Diagonal]> = vec![&[]; plan.giants];
+        let mut by_giant: Vec<&[Diagonal]> = vec![&[]; plan.horner_terms()];
         for chunk in plan.diags().chunk_by(|a, b| a.giant == b.giant) {
             by_giant[chunk[0].giant] = chunk;
         }
@@ -100,7 +122,11 @@ pub fn apply_sum(
             by_giant,
         });
     }
-    let giants = terms.iter().map(|(p, _)| p.giants).max().unwrap_or(1);
+    let giants = terms
+        .iter()
+        .map(|(p, _)| p.horner_terms())
+        .max()
+        .unwrap_or(1);
     // V_g = sum_t sum_b d_{t,g,b} * rot_b(in_t): one limb-major inner product per giant step
     let giant_term = |g: usize| -> Result<Option<Ciphertext>, CkksError> {
         let items: Vec<(&Prepared, &Diagonal)> = prepared
@@ -113,8 +139,20 @@ pub fn apply_sum(
         if items.is_empty() {
             return Ok(None);
         }
-        // two real diagonals per transform
         let mut pts = Vec::with_capacity(items.len());
+        if first.complex {
+            for (t, d) in &items {
+                pts.push(SmallPlaintext::encode_complex(
+                    ctx,
+                    &d.expand(slots),
+                    &d.expand_imag(slots),
+                    first.level,
+                    t.pt_scale,
+                )?);
+            }
+            return ev.dot_small_plain(&baby_inputs(&items), &pts).map(Some);
+        }
+        // two real diagonals per transform
         for pair in items.chunks(2) {
             match *pair {
                 [(ta, da), (tb, db)] => {
@@ -137,15 +175,7 @@ pub fn apply_sum(
                 _ => unreachable!("chunks of at most two"),
             }
         }
-        let cts: Vec<&Ciphertext> = items
-            .iter()
-            .map(|(t, d)| {
-                t.nodes[t.plan.baby_node[d.baby]]
-                    .as_ref()
-                    .expect("every tree node is computed")
-            })
-            .collect();
-        ev.dot_small_plain(&cts, &pts).map(Some)
+        ev.dot_small_plain(&baby_inputs(&items), &pts).map(Some)
     };
     // Horner from the last giant down, acc = rot_G(acc) + V_g, each rotation computed beside
     // the next term: the two jobs keep both cores busy where a key switch alone does not,
@@ -155,7 +185,7 @@ pub fn apply_sum(
         let (rotated, term) = rayon::join(
             || {
                 acc.as_ref()
-                    .map(|a| ev.rotate(a, first.giant as i64, keys))
+                    .map(|a| ev.rotate(a, first.horner_step() as i64, keys))
                     .transpose()
             },
             || giant_term(g),
@@ -175,8 +205,14 @@ pub fn apply_sum(
     drop(prepared);
     let mut acc = match acc {
         Some(acc) => acc,
-        None => ev.zero(first.level, first.out_scale * q)?,
+        None => ev.zero(first.level, first.out_scale * q / first.fold() as f64)?,
     };
+    if first.complex {
+        // the real part before the rescale: the key switch's error is then divided by q with
+        // the rest
+        acc = ev.real_part(&acc, keys)?;
+        counts.rotations += 1;
+    }
     counts.rescales += 1;
     ev.rescale_assign(&mut acc)?;
     // the rescale divides by q exactly; pin the bookkeeping to the planned value it equals

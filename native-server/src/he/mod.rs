@@ -235,6 +235,34 @@ pub(crate) mod tests {
         check_against_plaintext(&mini_resnet(true), &ctx, LAYER_TOLERANCE);
     }
 
+    /// The levels whose rotation keys the server derives pack complex, the others real; the
+    /// conjugation key is asked for the highest complex level. Both kinds meet in the
+    /// evaluations that match the plaintext above (and in the batch below).
+    #[test]
+    fn complex_packing_covers_the_derivable_levels() {
+        use super::bsgs::LinearPlan;
+        let ctx = Context::named("N14_TEST").unwrap();
+        let plan = Plan::new(&mini_resnet(true), &ctx).unwrap();
+        let lins: Vec<&LinearPlan> = plan
+            .steps
+            .iter()
+            .flat_map(|s| s.kind.linear_plans())
+            .collect();
+        let top = lins.iter().filter(|l| l.complex).map(|l| l.level).max();
+        assert!(top.is_some() && lins.iter().any(|l| !l.complex));
+        assert!(lins.iter().any(|l| l.packs_imaginary()));
+        assert_eq!(plan.conj_level, top);
+        for l in &lins {
+            assert_eq!(l.complex, Some(l.level) <= top);
+            assert_eq!(l.complex, ctx.params().derived_layout(l.level).is_some());
+            assert_eq!(l.horner_terms(), l.giants.div_ceil(l.fold()));
+            assert!(l.diags().iter().all(|d| d.giant < l.horner_terms()));
+            // odd giant steps ride in imaginary parts, and only there
+            let imag = l.diags().iter().any(|d| !d.imag.is_empty());
+            assert_eq!(imag, l.complex && l.giants > 1, "level {}", l.level);
+        }
+    }
+
     #[test]
     fn residual_sums_of_linear_layers_share_one_chain() {
         use super::bsgs::sum_rotation_count;

@@ -311,6 +311,9 @@ pub struct Plan {
     pub keys: KeyPlan,
     /// Highest level of a relinearization, if any.
     pub relin_level: Option<usize>,
+    /// Highest level of a conjugation (complex packing), if any: its key is uploaded, since no
+    /// product of rotations is a conjugation.
+    pub conj_level: Option<usize>,
 }
 
 impl Plan {
@@ -331,6 +334,7 @@ impl Plan {
             .iter()
             .all(|(a, l)| other.rotations.get(a).is_some_and(|have| have >= l))
             && self.relin_level <= other.relin_level
+            && self.conj_level <= other.conj_level
     }
 
     /// Plans `model` for one image at a time.
@@ -369,11 +373,18 @@ impl Plan {
         let wide_keys_from = (0..=params.max_level())
             .find(|&l| params.digits_at(l) > 1)
             .unwrap_or(usize::MAX);
+        // complex packing where the server derives the rotation keys (its Horner step 2G among
+        // them): its one new upload is the conjugation key, made for the highest such level
+        let complex_to = (0..=params.max_level())
+            .rev()
+            .find(|&l| params.derived_layout(l).is_some());
         let mut planner = Planner::new(
             model,
             delta,
             batch,
             wide_keys_from,
+            complex_to,
+            output_gain(params),
             ValueInfo {
                 layout: input.clone(),
                 shifts: vec![0],
@@ -405,7 +416,7 @@ impl Plan {
             )));
         }
         let output_offset = out.offset.clone();
-        let (uses, relin_level) = keys_needed(&steps);
+        let (uses, relin_level, conj_level) = keys_needed(&steps);
         let rotations = uses
             .iter()
             .map(|(&a, levels)| (a, *levels.last().expect("an amount is used somewhere")))
@@ -423,8 +434,24 @@ impl Plan {
             rotations,
             keys,
             relin_level,
+            conj_level,
         })
     }
+}
+
+/// Bits that the logits may use above their scale at level 0 (magnitudes up to 2^13, signed).
+const LOGIT_HEADROOM_BITS: f64 = 14.0;
+
+/// The most bits the output layer's scale goes above Delta.
+const MAX_OUTPUT_GAIN_BITS: f64 = 10.0;
+
+/// The output layer's scale over Delta: as much as q0 holds beside the logits' headroom, at most
+/// 2^10 (2^10 at N16_L39: a 50-bit q0, Delta = 2^25). Nothing multiplies the logits again, and
+/// their precision is the last product's: its plaintexts rounded at the scale, times inputs
+/// summed over the whole map. At Delta that rounding was most of the logit error.
+fn output_gain(params: &blindsight_core::Params) -> f64 {
+    let spare = params.log_q_at(0) - 1.0 - params.default_scale().log2() - LOGIT_HEADROOM_BITS;
+    spare.floor().clamp(0.0, MAX_OUTPUT_GAIN_BITS).exp2()
 }
 
 /// Levels consumed up to the model's output: one per linear layer on the longest path.
@@ -445,11 +472,17 @@ fn depth(model: &Model) -> usize {
     depth[model.output()]
 }
 
-/// The rotation amounts with the levels each is used at, and the highest level of a
-/// relinearization: the evaluation keys the plan needs.
-fn keys_needed(steps: &[Step]) -> (BTreeMap<usize, BTreeSet<usize>>, Option<usize>) {
+/// The evaluation keys the plan needs: the rotation amounts with the levels each is used at, and
+/// the highest levels of a relinearization and of a conjugation.
+type KeysNeeded = (
+    BTreeMap<usize, BTreeSet<usize>>,
+    Option<usize>,
+    Option<usize>,
+);
+
+fn keys_needed(steps: &[Step]) -> KeysNeeded {
     let mut rotations: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
-    let mut relin_level = None;
+    let (mut relin_level, mut conj_level) = (None, None);
     let mut note = |amount: usize, level: usize| {
         rotations.entry(amount).or_default().insert(level);
     };
@@ -457,6 +490,9 @@ fn keys_needed(steps: &[Step]) -> (BTreeMap<usize, BTreeSet<usize>>, Option<usiz
         for lin in st.kind.linear_plans() {
             for a in lin.rotation_amounts() {
                 note(a, lin.level);
+            }
+            if lin.complex {
+                conj_level = conj_level.max(Some(lin.level));
             }
         }
         match &st.kind {
@@ -471,7 +507,7 @@ fn keys_needed(steps: &[Step]) -> (BTreeMap<usize, BTreeSet<usize>>, Option<usiz
             StepKind::Linear { .. } | StepKind::LinearSum { .. } | StepKind::Add { .. } => {}
         }
     }
-    (rotations, relin_level)
+    (rotations, relin_level, conj_level)
 }
 
 /// The planner's state while it walks the model's nodes in order: the steps so far, the steps of
@@ -482,6 +518,10 @@ struct Planner<'a> {
     batch: usize,
     /// The lowest level whose keys have more than one digit.
     wide_keys_from: usize,
+    /// The highest level of complex packing, if any.
+    complex_to: Option<usize>,
+    /// The output layer's scale over Delta ([`output_gain`]).
+    output_gain: f64,
     input: ValueInfo,
     steps: Vec<Step>,
     step_of: Vec<Vec<usize>>,
@@ -496,6 +536,8 @@ impl<'a> Planner<'a> {
         delta: f64,
         batch: usize,
         wide_keys_from: usize,
+        complex_to: Option<usize>,
+        output_gain: f64,
         input: ValueInfo,
     ) -> Self {
         let nodes = model.nodes();
@@ -512,6 +554,8 @@ impl<'a> Planner<'a> {
             delta,
             batch,
             wide_keys_from,
+            complex_to,
+            output_gain,
             input,
             steps: Vec::with_capacity(nodes.len()),
             step_of: vec![Vec::new(); nodes.len()],
@@ -624,12 +668,17 @@ impl<'a> Planner<'a> {
         let v = self.value_of(src);
         let room = raw.batch_shifts(&v.room);
         let shifts = room[..room.len().min(self.batch)].to_vec();
+        let scale = if node == self.model.output() {
+            self.delta * self.output_gain
+        } else {
+            self.delta
+        };
         let target = ValueInfo {
             layout: raw,
             shifts,
             room,
             level: v.level - 1,
-            scale: self.delta,
+            scale,
             mult: 1.0,
             offset: Vec::new(),
         };
@@ -665,6 +714,7 @@ impl<'a> Planner<'a> {
                 target.level + 1,
                 target.scale,
                 self.baby_steps(target.level + 1),
+                self.complex_to.is_some_and(|c| target.level < c),
             )
         };
         // (input group, output group, input shift, output shift) of every image
