@@ -140,14 +140,26 @@ async fn put_key(
     };
     let bytes = read_body(&s, &headers, body, limit).await?;
     let st = s.clone();
-    let result = blocking(move || st.sessions.put_key(&id, k, &bytes)).await;
+    let session = id.clone();
+    let result = blocking(move || st.sessions.put_key(&session, k, &bytes)).await;
     let counter = if result.is_ok() {
         &s.metrics.keys_accepted
     } else {
         &s.metrics.keys_rejected
     };
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(Json(result?).into_response())
+    let status = result?;
+    if status.keys_missing.is_empty() {
+        // the last key: load and derive the session's keys now, while the client encrypts and
+        // uploads its image, instead of in its first job
+        let st = s.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = st.sessions.preload(&id) {
+                tracing::warn!(session = %id, "preloading keys: {e}");
+            }
+        });
+    }
+    Ok(Json(status).into_response())
 }
 
 async fn submit_job(

@@ -71,6 +71,12 @@ pub struct SessionStore {
     sessions: Mutex<HashMap<SessionId, Session>>,
     /// Loaded keys, most recently used last.
     loaded: Mutex<Vec<(SessionId, Arc<EvaluationKeys>, u64)>>,
+    /// One gate per session: a session's keys are loaded (and derived) once, however many jobs
+    /// and preloads ask at the same time.
+    loading: Mutex<HashMap<SessionId, Arc<Mutex<()>>>>,
+    /// Held by the one preload running: a burst of finished uploads loads one session ahead,
+    /// not all of them at once.
+    preloading: Mutex<()>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -99,6 +105,8 @@ impl SessionStore {
             key_plan,
             sessions: Mutex::new(HashMap::new()),
             loaded: Mutex::new(Vec::new()),
+            loading: Mutex::new(HashMap::new()),
+            preloading: Mutex::new(()),
         };
         store.restore()?;
         Ok(store)
@@ -330,6 +338,10 @@ impl SessionStore {
     pub fn delete(&self, id: &str) -> Result<(), ApiError> {
         self.lock().remove(id).ok_or_else(|| unknown_session(id))?;
         self.unload(id);
+        self.loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         std::fs::remove_dir_all(self.dir(id)).map_err(|e| io_error("deleting a session", e))
     }
 
@@ -352,14 +364,20 @@ impl SessionStore {
     /// the least recently used others beyond the budget) and deriving those the client does not
     /// upload. Blocking.
     pub fn keys(&self, id: &str) -> Result<Arc<EvaluationKeys>, ApiError> {
-        {
-            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = loaded.iter().position(|(s, _, _)| s == id) {
-                let entry = loaded.remove(i);
-                let keys = entry.1.clone();
-                loaded.push(entry);
-                return Ok(keys);
-            }
+        if let Some(keys) = self.loaded_keys(id) {
+            return Ok(keys);
+        }
+        let gate = self
+            .loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        let _once = gate.lock().unwrap_or_else(|e| e.into_inner());
+        // loaded by whoever held the gate before us
+        if let Some(keys) = self.loaded_keys(id) {
+            return Ok(keys);
         }
         self.check_complete(id)?;
         self.make_room();
@@ -387,6 +405,40 @@ impl SessionStore {
             total -= b;
         }
         Ok(keys)
+    }
+
+    /// The session's keys if they are loaded, marked most recently used.
+    fn loaded_keys(&self, id: &str) -> Option<Arc<EvaluationKeys>> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let i = loaded.iter().position(|(s, _, _)| s == id)?;
+        let entry = loaded.remove(i);
+        let keys = entry.1.clone();
+        loaded.push(entry);
+        Some(keys)
+    }
+
+    /// Loads a complete session's keys before its first job asks (their derivation takes
+    /// seconds), but only into spare memory and one session at a time: it unloads no other
+    /// session, and skips while another preload runs. Whether it loaded them. Blocking.
+    pub fn preload(&self, id: &str) -> Result<bool, ApiError> {
+        let Ok(_one) = self.preloading.try_lock() else {
+            return Ok(false);
+        };
+        {
+            let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            if loaded.iter().any(|(s, _, _)| s == id) {
+                return Ok(false);
+            }
+            // every session of a contract takes the same memory
+            let total: u64 = loaded.iter().map(|e| e.2).sum();
+            if loaded
+                .last()
+                .is_some_and(|e| total + e.2 > self.config.memory_budget)
+            {
+                return Ok(false);
+            }
+        }
+        self.keys(id).map(|_| true)
     }
 
     /// Unloads the least recently used sessions until one more fits the budget, before it is

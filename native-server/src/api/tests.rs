@@ -205,6 +205,12 @@ async fn flow_bad_input_full_queue_and_restart() {
     }
     let status: Value = remote.session(&id).await.unwrap();
     assert!(status["keys_missing"].as_array().unwrap().is_empty());
+    // the last key starts loading (and deriving) the session's keys before any job asks
+    let t0 = std::time::Instant::now();
+    while server.state.sessions.key_bytes().1 == 0 {
+        assert!(t0.elapsed().as_secs() < 60, "the keys were not preloaded");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // bad ciphertexts: truncated, oversized, wrong level
     assert_eq!(
@@ -363,6 +369,42 @@ async fn flow_bad_input_full_queue_and_restart() {
     );
     assert!(!dir.join("sessions").join(&id).exists());
     server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A session whose last key arrives is loaded ahead of its jobs only into spare memory: with
+/// room for one session, the second is left for its first job, which then unloads the first.
+#[test]
+fn preload_fills_spare_memory_only() {
+    let dir = temp_dir("preload");
+    let config = ServeConfig {
+        params: "N14_TEST".into(),
+        data_dir: dir.clone(),
+        key_memory: 1,
+        ..ServeConfig::default()
+    };
+    let state = AppState::new(&mini_resnet(true), config).unwrap();
+    let client = Client::new((*state.contract).clone()).unwrap();
+    let sessions = &state.sessions;
+    let (a, b) = (sessions.create().unwrap().id, sessions.create().unwrap().id);
+    for id in [&a, &b] {
+        for k in 0..state.contract.keys.len() {
+            sessions
+                .put_key(id, k, &client.key_bytes(k).unwrap())
+                .unwrap();
+        }
+    }
+    assert_eq!(sessions.key_bytes().1, 0, "nothing loaded before a preload");
+    assert!(sessions.preload(&a).unwrap(), "an empty memory has room");
+    let one = sessions.key_bytes().1;
+    assert!(one > 0);
+    assert!(!sessions.preload(&a).unwrap(), "already loaded");
+    assert!(!sessions.preload(&b).unwrap(), "no room beside a");
+    assert_eq!(sessions.key_bytes().1, one, "a stays loaded");
+    // the job that needs b loads it anyway
+    sessions.keys(&b).unwrap();
+    assert_eq!(sessions.key_bytes().1, one, "b in place of a");
+    state.queue.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
