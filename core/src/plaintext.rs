@@ -115,6 +115,17 @@ fn complex(values: &[f64]) -> Vec<Complex> {
     values.iter().map(|&x| Complex::from(x)).collect()
 }
 
+/// `re * scale_re + i * im * scale_im`, slot by slot (missing entries zero).
+fn zip_complex(re: &[f64], scale_re: f64, im: &[f64], scale_im: f64) -> Vec<Complex> {
+    (0..re.len().max(im.len()))
+        .map(|j| {
+            let x = re.get(j).copied().unwrap_or(0.0) * scale_re;
+            let y = im.get(j).copied().unwrap_or(0.0) * scale_im;
+            Complex::new(x, y)
+        })
+        .collect()
+}
+
 /// The checked, scaled, unrounded coefficients of `values` and their largest magnitude.
 fn scaled_coefficients(
     ctx: &Context,
@@ -203,14 +214,7 @@ impl SmallPlaintext {
         level: usize,
         scale: f64,
     ) -> Result<Self, CkksError> {
-        let len = re.len().max(im.len());
-        let z: Vec<Complex> = (0..len)
-            .map(|j| {
-                let x = re.get(j).copied().unwrap_or(0.0);
-                let y = im.get(j).copied().unwrap_or(0.0);
-                Complex::new(x, y)
-            })
-            .collect();
+        let z = zip_complex(re, 1.0, im, 1.0);
         let (coeffs, max) = scaled_coefficients(ctx, &z, level, scale)?;
         Self::round(ctx, &coeffs, max, level, scale)
     }
@@ -233,14 +237,7 @@ impl SmallPlaintext {
                 return Err(CkksError::NotFinite(s));
             }
         }
-        let len = a.len().max(b.len());
-        let z: Vec<Complex> = (0..len)
-            .map(|j| {
-                let x = a.get(j).copied().unwrap_or(0.0) * scale_a;
-                let y = b.get(j).copied().unwrap_or(0.0) * scale_b;
-                Complex::new(x, y)
-            })
-            .collect();
+        let z = zip_complex(a, scale_a, b, scale_b);
         let (c, _) = scaled_coefficients(ctx, &z, level, 1.0)?;
         let n = c.len();
         let h = n / 2;

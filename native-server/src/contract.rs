@@ -12,8 +12,8 @@ use crate::he::plan::Plan;
 use crate::model::Model;
 
 /// The contract of `plan` (made for `model` with `ctx`). Keys come in the order rotations by
-/// ascending amount, then conjugation, then relinearization; each is made at the highest level it is used at. Only
-/// the keys the server cannot derive are listed (`plan.keys.uploaded`).
+/// ascending amount, then conjugation, then relinearization; each is made at the highest level it
+/// is used at. Only the keys the server cannot derive are listed (`plan.keys.uploaded`).
 pub fn client_contract(
     model: &Model,
     plan: &Plan,

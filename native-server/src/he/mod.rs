@@ -195,15 +195,9 @@ pub(crate) mod tests {
                 return;
             }
             let slots = client.decrypt_slots(value).unwrap();
-            let got = step.value.layout.extract(&slots).unwrap();
-            let want = &reference[step.node];
-            assert_eq!(got.len(), want.len(), "{}", step.name);
-            let err = got
-                .iter()
-                .zip(&step.value.offset)
-                .zip(want)
-                .map(|((g, o), w)| (step.value.mult * g + o - w).abs())
-                .fold(0.0, f64::max);
+            let err = step
+                .value_error(&slots, &reference)
+                .unwrap_or_else(|| panic!("{}: not the node's value", step.name));
             worst.push((step.name.clone(), err));
         })
         .unwrap();

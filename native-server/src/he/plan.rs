@@ -290,6 +290,26 @@ pub struct Step {
     pub value: ValueInfo,
 }
 
+impl Step {
+    /// The largest error of this step's decrypted `slots` (one image at a time) against the
+    /// plaintext outputs of every node (`plain::forward_all`); `None` where the value is no
+    /// node's output (a shortcut folded into a sum) or its size differs from the node's.
+    pub fn value_error(&self, slots: &[f64], reference: &[Vec<f64>]) -> Option<f64> {
+        if self.name.ends_with(".shortcut") {
+            return None;
+        }
+        let got = self.value.layout.extract(slots).ok()?;
+        let want = reference.get(self.node)?;
+        (got.len() == want.len()).then(|| {
+            got.iter()
+                .zip(&self.value.offset)
+                .zip(want)
+                .map(|((g, o), w)| (self.value.mult * g + o - w).abs())
+                .fold(0.0, f64::max)
+        })
+    }
+}
+
 /// Everything the server evaluates and the client must match (layouts, level, scale, keys).
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -439,7 +459,8 @@ impl Plan {
     }
 }
 
-/// Bits that the logits may use above their scale at level 0 (magnitudes up to 2^13, signed).
+/// Bits that the logits may use above their scale at level 0, sign included (magnitudes below
+/// 2^13), against q0.
 const LOGIT_HEADROOM_BITS: f64 = 14.0;
 
 /// The most bits the output layer's scale goes above Delta.
@@ -450,7 +471,7 @@ const MAX_OUTPUT_GAIN_BITS: f64 = 10.0;
 /// their precision is the last product's: its plaintexts rounded at the scale, times inputs
 /// summed over the whole map. At Delta that rounding was most of the logit error.
 fn output_gain(params: &blindsight_core::Params) -> f64 {
-    let spare = params.log_q_at(0) - 1.0 - params.default_scale().log2() - LOGIT_HEADROOM_BITS;
+    let spare = params.log_q_at(0) - params.default_scale().log2() - LOGIT_HEADROOM_BITS;
     spare.floor().clamp(0.0, MAX_OUTPUT_GAIN_BITS).exp2()
 }
 
@@ -984,5 +1005,27 @@ impl<'a> Planner<'a> {
             st.value.offset = from.offset.clone();
         }
         steps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The logits leave 2^10 above Delta at N16_L39 (its primes are just below 2^50, which a
+    /// count that spent a bit on the sign twice turned into 2^9), and never more than q0 holds.
+    #[test]
+    fn output_gain_fills_q0_up_to_its_cap() {
+        let gain = |name: &str| output_gain(Context::named(name).unwrap().params());
+        assert_eq!(gain("N16_L39"), 1024.0);
+        assert_eq!(gain("N14_TEST"), 1024.0);
+        for name in blindsight_core::params::NAMED_SETS {
+            let p = Context::named(name).unwrap();
+            let p = p.params();
+            // no gain where q0 has no room beside Delta (N12_TINY), never beyond what it has
+            let gain = output_gain(p);
+            let top = gain.log2() + p.default_scale().log2() + LOGIT_HEADROOM_BITS;
+            assert!(gain == 1.0 || top <= p.log_q_at(0), "{name}");
+        }
     }
 }
