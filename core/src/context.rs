@@ -3,11 +3,11 @@
 //! switching for each pair of ciphertext level and key layout, and the automorphism permutations.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::encoder::Encoder;
 use crate::error::{CkksError, ParamsError};
-use crate::ntt::automorphism_permutation;
+use crate::ntt::{automorphism_permutation, SubringNtt};
 use crate::params::{KeyLayout, Params, SpecialPrimes};
 use crate::rns::{BasisConverter, ModDown, RnsBasis};
 
@@ -75,7 +75,13 @@ pub struct Context {
     levels: Vec<LevelContext>,
     switches: Mutex<HashMap<(usize, KeyLayout), Arc<SwitchContext>>>,
     perms: Mutex<HashMap<u64, Arc<Vec<u32>>>>,
+    /// `subrings[i][t - 1]`: prime q_i's transform of polynomials in X^(2^t), made at first use.
+    subrings: Vec<Vec<OnceLock<Option<SubringNtt>>>>,
 }
+
+/// The largest t for which plaintexts in X^(2^t) are transformed at 1/2^t of the size (slots
+/// repeating every N/32 or more often).
+pub const MAX_SUBRING_LOG: u32 = 4;
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,6 +101,7 @@ impl Context {
                 q: q.slice(0..l + 1),
             })
             .collect();
+        let primes = params.q().len();
         Ok(Arc::new(Self {
             encoder: Encoder::new(n),
             params,
@@ -103,7 +110,18 @@ impl Context {
             levels,
             switches: Mutex::new(HashMap::new()),
             perms: Mutex::new(HashMap::new()),
+            subrings: (0..primes)
+                .map(|_| (0..MAX_SUBRING_LOG).map(|_| OnceLock::new()).collect())
+                .collect(),
         }))
+    }
+
+    /// Prime q_i's transform of polynomials in X^(2^t) (1 <= t <= [`MAX_SUBRING_LOG`]), if
+    /// there is one.
+    pub(crate) fn subring_ntt(&self, i: usize, t: u32) -> Option<&SubringNtt> {
+        let cell = self.subrings.get(i)?.get((t as usize).checked_sub(1)?)?;
+        cell.get_or_init(|| SubringNtt::new(self.n(), self.q.modulus(i).value(), t, self.q.ntt(i)))
+            .as_ref()
     }
 
     /// A shipped parameter set by name.

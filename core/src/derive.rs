@@ -107,9 +107,9 @@ pub fn derive_galois_key(
             q.mul(acc, q.reduce(basis.modulus(k).value()))
         })
     };
-    let mut b = Vec::new();
-    let mut a = Vec::new();
-    for j in 0..layout.digits(level) {
+    // the digits are independent: in parallel, a derivation's key switches keep both cores busy
+    // (one digit after another, a session's derivation ran at about one core's worth)
+    let pairs = crate::par::map_range(layout.digits(level), |j| {
         let digit = j * layout.alpha..((j + 1) * layout.alpha).min(level + 1);
         // (0, S*g_j) in NTT form: a constant is the same at every root
         let constant = RnsPoly::from_limbs(ctx.n(), m + 1, |i, limb| {
@@ -130,9 +130,13 @@ pub fn derive_galois_key(
             ct = ev.apply_galois(&ct, h, keys)?;
         }
         let [b_j, a_j]: [RnsPoly; 2] = ct.c.try_into().expect("a rotation keeps degree 1");
-        b.push(b_j);
-        a.push(a_j);
-    }
+        Ok((b_j, a_j))
+    });
+    let (b, a): (Vec<RnsPoly>, Vec<RnsPoly>) = pairs
+        .into_iter()
+        .collect::<Result<Vec<_>, CkksError>>()?
+        .into_iter()
+        .unzip();
     Ok(SwitchingKey {
         kind: KeyKind::Galois(g),
         level,

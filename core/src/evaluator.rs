@@ -12,7 +12,7 @@ use crate::ciphertext::Ciphertext;
 use crate::context::Context;
 use crate::error::CkksError;
 use crate::keys::{EvaluationKeys, SwitchingKey};
-use crate::keyswitch::{switch_key, Decomposition};
+use crate::keyswitch::{switch_key, Decomposition, RaisedCiphertext};
 use crate::par;
 use crate::plaintext::{Plaintext, SmallPlaintext};
 use crate::rns::RnsPoly;
@@ -402,9 +402,9 @@ impl Evaluator {
         let basis = self.basis(level);
         let (c0, c1) = RnsPoly::pair_from_limbs(n, basis.len(), |i, l0, l1| {
             let ntt = basis.ntt(i);
-            let mut m = vec![0u64; n];
+            let (mut m, mut scratch) = (vec![0u64; n], Vec::with_capacity(n / 2));
             for (ct, pt) in cts.iter().zip(pts) {
-                pt.limb_into(&self.ctx, i, &mut m);
+                pt.limb_into(&self.ctx, i, &mut m, &mut scratch);
                 ntt.mul_accumulate(l0, ct.c[0].limb(i), &m);
                 ntt.mul_accumulate(l1, ct.c[1].limb(i), &m);
             }
@@ -444,6 +444,104 @@ impl Evaluator {
         basis.add_assign(&mut u0, &a.c[0]);
         let (c0, c1) = par::join(|| basis.permute(&u0, &perm), || basis.permute(&u1, &perm));
         self.derived(vec![c0, c1], a.level, a.scale)
+    }
+
+    /// The key of Galois element `g` for `level`, checked.
+    fn galois_key<'k>(
+        &self,
+        g: u64,
+        level: usize,
+        keys: &'k EvaluationKeys,
+    ) -> Result<&'k SwitchingKey, CkksError> {
+        let key = keys.galois_at(g, level)?;
+        self.check_key(key, level)?;
+        Ok(key)
+    }
+
+    /// Left rotation of `a` by `r`, left multiplied by the key's special modulus P (see
+    /// [`RaisedCiphertext`]): the first rotation of a chain, without its ModDown.
+    pub fn rotate_raising(
+        &self,
+        a: &Ciphertext,
+        r: i64,
+        keys: &EvaluationKeys,
+    ) -> Result<RaisedCiphertext, CkksError> {
+        self.check(a)?;
+        Self::check_degree1(a)?;
+        let g = self.ctx.galois_element(r);
+        let key = self.galois_key(g, a.level, keys)?;
+        let dec = Decomposition::new(&self.ctx, a.level, key.layout, &a.c[1]);
+        let sw = self.ctx.switch_ctx(a.level, key.layout);
+        let (b, k) = dec.inner_product(&self.ctx, key);
+        let mut x = RaisedCiphertext {
+            c0: b,
+            c1: k,
+            level: a.level,
+            scale: a.scale,
+            p_mod_q: RaisedCiphertext::special_mod_q(&sw, a.level),
+            sw,
+        };
+        // (P*c0 + b, k): c1's part is in the inner product
+        x.add_times_p(&a.c[0], None);
+        Ok(self.permute_raised(x, g))
+    }
+
+    /// Left rotation of a raised ciphertext by `r`, with a key of its layout.
+    pub fn rotate_raised(
+        &self,
+        x: &RaisedCiphertext,
+        r: i64,
+        keys: &EvaluationKeys,
+    ) -> Result<RaisedCiphertext, CkksError> {
+        let g = self.ctx.galois_element(r);
+        let key = self.galois_key(g, x.level, keys)?;
+        if key.layout != x.sw.layout {
+            return Err(CkksError::Layout(format!(
+                "a key of layout {:?} for a ciphertext raised by {:?}",
+                key.layout, x.sw.layout
+            )));
+        }
+        let c1 = x.sw.mod_down.apply(&x.c1);
+        let dec = Decomposition::new(&self.ctx, x.level, key.layout, &c1);
+        let (mut b, k) = dec.inner_product(&self.ctx, key);
+        x.sw.qp.add_assign(&mut b, &x.c0);
+        let y = RaisedCiphertext {
+            c0: b,
+            c1: k,
+            level: x.level,
+            scale: x.scale,
+            sw: x.sw.clone(),
+            p_mod_q: x.p_mod_q.clone(),
+        };
+        Ok(self.permute_raised(y, g))
+    }
+
+    /// `sigma_g` on both halves over Q_l ++ P (the keys are stored as sigma^-1(key), see
+    /// [`Evaluator::galois_from_decomposition`]).
+    fn permute_raised(&self, x: RaisedCiphertext, g: u64) -> RaisedCiphertext {
+        let perm = self.ctx.permutation(g);
+        let qp = &x.sw.qp;
+        let (c0, c1) = par::join(|| qp.permute(&x.c0, &perm), || qp.permute(&x.c1, &perm));
+        RaisedCiphertext { c0, c1, ..x }
+    }
+
+    /// `x += P * a` (`a` at x's level and scale).
+    pub fn add_raised(&self, x: &mut RaisedCiphertext, a: &Ciphertext) -> Result<(), CkksError> {
+        self.check(a)?;
+        Self::check_degree1(a)?;
+        if a.level != x.level {
+            return Err(CkksError::LevelMismatch(x.level, a.level));
+        }
+        check_scales(x.scale, a.scale)?;
+        x.add_times_p(&a.c[0], Some(&a.c[1]));
+        Ok(())
+    }
+
+    /// `x / P`, rounded: the chain's one ModDown of both halves.
+    pub fn lower(&self, x: &RaisedCiphertext) -> Ciphertext {
+        let md = &x.sw.mod_down;
+        let (c0, c1) = par::join(|| md.apply(&x.c0), || md.apply(&x.c1));
+        self.derived(vec![c0, c1], x.level, x.scale)
     }
 
     /// The real part of every slot, `a + conj(a)`: twice the value, recorded as twice the scale

@@ -177,3 +177,70 @@ pub fn switch_key(
     let (u0, u1) = par::join(|| dec.mod_down(&b), || dec.mod_down(&a));
     (u0, u1)
 }
+
+/// A ciphertext times the special modulus P of one key layout, over Q_l ++ P (NTT form): the
+/// state of a chain of rotations that divides by P once, at its end, instead of after every
+/// rotation. Rotating it divides only `c1` by P (its digits must come from Q_l) and adds the
+/// inner product to `c0` undivided, so each rotation pays one polynomial's ModDown instead of
+/// two. Horner's rule over the giant steps of a linear layer is such a chain (the lazy ModDown of
+/// Bossuat et al.'s double hoisting, for the giant steps only).
+///
+/// Rounding: dividing `c1` leaves its residue mod P behind, which multiplies `s` as a ModDown's
+/// rounding does; the final division adds one more rounding. The error is that of the same
+/// rotations done one by one.
+pub struct RaisedCiphertext {
+    pub(crate) c0: RnsPoly,
+    pub(crate) c1: RnsPoly,
+    pub(crate) level: usize,
+    pub(crate) scale: f64,
+    pub(crate) sw: Arc<SwitchContext>,
+    /// P mod q_i, for the limbs of Q_l.
+    pub(crate) p_mod_q: Vec<u64>,
+}
+
+impl RaisedCiphertext {
+    pub fn level(&self) -> usize {
+        self.level
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// The layout of the keys that may rotate it (the one whose P it carries).
+    pub fn layout(&self) -> KeyLayout {
+        self.sw.layout
+    }
+
+    /// P mod q_i for the Q_l limbs of a switching context.
+    pub(crate) fn special_mod_q(sw: &SwitchContext, level: usize) -> Vec<u64> {
+        let nq = level + 1;
+        (0..nq)
+            .map(|i| {
+                let m = sw.qp.modulus(i);
+                (nq..sw.qp.len()).fold(1u64, |acc, k| {
+                    m.mul(acc, m.reduce(sw.qp.modulus(k).value()))
+                })
+            })
+            .collect()
+    }
+
+    /// `(c0, c1) += P * (a0, a1)` for `(a0, a1)` over Q_l (`a1` absent: zero): the Q_l limbs
+    /// gain the product, the P limbs nothing (P * a is 0 mod P).
+    pub(crate) fn add_times_p(&mut self, a0: &RnsPoly, a1: Option<&RnsPoly>) {
+        let n = self.sw.qp.n();
+        let nq = self.level + 1;
+        let qp = &self.sw.qp;
+        let p_mod_q = &self.p_mod_q;
+        let halves = [(&mut self.c0, Some(a0)), (&mut self.c1, a1)];
+        for (x, y) in halves.into_iter().filter_map(|(x, y)| Some((x, y?))) {
+            par::for_each_limb(&mut x.data_mut()[..nq * n], n, |i, limb| {
+                let m = qp.modulus(i);
+                let (w, ws) = (p_mod_q[i], m.shoup(p_mod_q[i]));
+                for (v, &z) in limb.iter_mut().zip(y.limb(i)) {
+                    *v = m.add(*v, m.mul_shoup(z, w, ws));
+                }
+            });
+        }
+    }
+}

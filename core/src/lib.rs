@@ -45,6 +45,7 @@ pub use evaluator::Evaluator;
 #[cfg(feature = "secret-key")]
 pub use keygen::KeyGenerator;
 pub use keys::{EvaluationKeys, KeyKind, PublicKey, SwitchingKey};
+pub use keyswitch::RaisedCiphertext;
 pub use params::{ParamSpec, Params};
 pub use plaintext::{Plaintext, SmallPlaintext};
 pub use scale::{scales_equal, SCALE_TOLERANCE};

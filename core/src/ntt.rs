@@ -54,6 +54,56 @@ impl NttBackend for TfheNtt {
     }
 }
 
+/// The forward NTT of polynomials in `X^(2^t)` at 1/2^t of the size: `f(X) = g(X^(2^t))`
+/// evaluated at a primitive 2N-th root's odd power is `g` at a primitive 2N/2^t-th root's, so the
+/// N evaluations of `f` are the N/2^t of `g`, each repeated 2^t times. Such polynomials are what
+/// slot vectors repeating with period N/2^(t+1) encode to: the replicated layouts of a network's
+/// early layers. Where each of `g`'s values goes is found once, by matching the two plans'
+/// transforms of `X^(2^t)` (the plans' roots are their own, so the order is not known a priori).
+pub struct SubringNtt {
+    small: TfheNtt,
+    /// `forward_n(f)[k] = forward_small(g)[spread[k]]`.
+    spread: Vec<u32>,
+}
+
+impl SubringNtt {
+    /// None if `t` is 0, leaves fewer than 16 coefficients, or `q` admits no plan.
+    pub fn new(n: usize, q: u64, t: u32, big: &dyn NttBackend) -> Option<Self> {
+        let m = n.checked_shr(t)?;
+        if t == 0 || m < 16 {
+            return None;
+        }
+        let small = TfheNtt::new(m, q)?;
+        let mut y = vec![0u64; m];
+        y[1] = 1;
+        small.forward(&mut y);
+        let index: std::collections::HashMap<u64, u32> =
+            y.iter().enumerate().map(|(j, &v)| (v, j as u32)).collect();
+        let mut x = vec![0u64; n];
+        x[1 << t] = 1;
+        big.forward(&mut x);
+        let spread = x
+            .iter()
+            .map(|v| index.get(v).copied())
+            .collect::<Option<Vec<u32>>>()?;
+        Some(Self { small, spread })
+    }
+
+    /// Coefficients in the subring's polynomial size (N/2^t).
+    pub fn size(&self) -> usize {
+        self.small.plan.ntt_size()
+    }
+
+    /// `out` = the size-N NTT of `g(X^(2^t))`, given `g`'s coefficients in `g` (transformed in
+    /// place).
+    pub fn forward_spread(&self, g: &mut [u64], out: &mut [u64]) {
+        self.small.forward(g);
+        for (o, &j) in out.iter_mut().zip(&self.spread) {
+            *o = g[j as usize];
+        }
+    }
+}
+
 /// The permutation that applies the automorphism `X -> X^g` (g odd) to a polynomial in NTT form:
 /// `out[i] = in[perm[i]]`. Slot `i` holds `a(psi^e)` with `e = 2*bitrev(i)+1`, and
 /// `a(X^g)(psi^e) = a(psi^(g*e))`.
@@ -153,6 +203,34 @@ mod tests {
                 .collect();
             ntt.mul_accumulate(&mut acc, &a, &b);
             assert_eq!(acc, want, "bits {bits}");
+        }
+    }
+
+    /// A polynomial in X^(2^t) transformed at size N/2^t equals its size-N transform.
+    #[test]
+    fn subring_transform_matches_the_full_one() {
+        let n = 256;
+        for bits in [40, 50, 60] {
+            let q = ntt_primes(bits, 2 * n as u64, 1, &[]).unwrap()[0];
+            let big = TfheNtt::new(n, q).unwrap();
+            for t in 1..=4 {
+                let sub = SubringNtt::new(n, q, t, &big).unwrap();
+                assert_eq!(sub.size(), n >> t);
+                let g: Vec<u64> = (0..n as u64 >> t).map(|i| (i * 7919 + 5) % q).collect();
+                let mut f = vec![0u64; n];
+                for (j, &c) in g.iter().enumerate() {
+                    f[j << t] = c;
+                }
+                big.forward(&mut f);
+                let (mut g, mut out) = (g, vec![0u64; n]);
+                sub.forward_spread(&mut g, &mut out);
+                assert_eq!(out, f, "t = {t}, bits = {bits}");
+            }
+            assert!(SubringNtt::new(n, q, 0, &big).is_none());
+            assert!(
+                SubringNtt::new(n, q, 5, &big).is_none(),
+                "fewer than 16 coefficients"
+            );
         }
     }
 

@@ -99,6 +99,12 @@ pub const SPECIAL_MARGIN_BITS: f64 = 5.0;
 /// 50-bit primes it costs no prime at any level of N16_L39.
 pub const DERIVED_MARGIN_BITS: f64 = SPECIAL_MARGIN_BITS + 10.0;
 
+/// Most digits of a derived key, as a multiple of the set's `dnum`. A derived key costs no upload,
+/// only server memory and switching time, so it may have more digits than an uploaded one: twice
+/// as many reach three levels further up at N16_L39 (13-15, four digits at 15), where the
+/// conjugation key of complex packing is still small enough to upload.
+pub const DERIVED_DIGITS_PER_DNUM: usize = 2;
+
 /// Where a switching key's special primes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SpecialPrimes {
@@ -307,14 +313,16 @@ impl Params {
     /// The layout of a key for ciphertext `level` that the server derives instead of receiving
     /// it: its special primes are those of Q just above `level` (with [`DERIVED_MARGIN_BITS`]),
     /// so that the key is a pair of polynomials over Q_m, m = level + special, which the keys
-    /// uploaded for level m and above can rotate. The fewest digits (at most the set's `dnum`:
-    /// more would make the key larger and its switches dearer than the top key's) that fit below
-    /// the top level; none where no digit count does (near the top).
+    /// uploaded for level m and above can rotate. The fewest digits (at most
+    /// [`DERIVED_DIGITS_PER_DNUM`] times the set's `dnum`: more make the key larger and its
+    /// switches dearer) that fit below the top level; none where no digit count does (near the
+    /// top).
     pub fn derived_layout(&self, level: usize) -> Option<KeyLayout> {
         let q = self.q.get(..=level)?;
         let above = &self.q[level + 1..];
         let primes = SpecialPrimes::Q { first: level + 1 };
-        key_layout(q, above, self.spec.dnum, DERIVED_MARGIN_BITS, primes)
+        let most = DERIVED_DIGITS_PER_DNUM * self.spec.dnum;
+        key_layout(q, above, most, DERIVED_MARGIN_BITS, primes)
     }
     pub fn default_scale(&self) -> f64 {
         (self.spec.log_scale as f64).exp2()
@@ -437,7 +445,7 @@ mod tests {
             }
         );
         // derived keys: special primes from Q above the level, two digits at 11 (one would
-        // need 13 primes above it), none at the top
+        // need 13 primes above it), four at 15, none above (six digits of three primes)
         let derived = |l| p.derived_layout(l);
         for l in 0..=p.max_level() {
             let Some(k) = derived(l) else { continue };
@@ -452,7 +460,16 @@ mod tests {
         }
         let q_from = |first| SpecialPrimes::Q { first };
         assert_eq!(derived(20), None);
-        assert_eq!(derived(13), None, "two digits of 7 primes need 8 above");
+        assert_eq!(derived(16), None, "six digits of 3 primes");
+        assert_eq!(
+            derived(15),
+            Some(KeyLayout {
+                alpha: 4,
+                special: 5,
+                primes: q_from(16)
+            })
+        );
+        assert_eq!(derived(13).map(|k| k.digits(13)), Some(3));
         assert_eq!(
             derived(12),
             Some(KeyLayout {

@@ -2,7 +2,7 @@
 
 use zeroize::Zeroizing;
 
-use crate::context::Context;
+use crate::context::{Context, MAX_SUBRING_LOG};
 use crate::encoder::Complex;
 use crate::error::CkksError;
 use crate::rns::RnsPoly;
@@ -52,7 +52,7 @@ impl Plaintext {
         let mut poly = basis.zero();
         if let Ok(small) = SmallPlaintext::round(ctx, &coeffs, max, level, scale) {
             crate::par::for_each_limb(poly.data_mut(), ctx.n(), |i, limb| {
-                small.limb_into(ctx, i, limb)
+                small.limb_into(ctx, i, limb, &mut Vec::new())
             });
         } else {
             // coefficients beyond the smallest prime (Delta^3 scales) reduce exactly
@@ -174,6 +174,9 @@ fn scaled_coefficients(
 #[derive(Clone, Debug, PartialEq)]
 pub struct SmallPlaintext {
     pub(crate) coeffs: Vec<i64>,
+    /// t where the polynomial is one in X^(2^t) (at most [`MAX_SUBRING_LOG`]): its limbs are
+    /// transformed at 1/2^t of the size. Replicated slot layouts make such plaintexts.
+    pub(crate) subring: u32,
     pub(crate) level: usize,
     pub(crate) scale: f64,
     pub(crate) fingerprint: [u8; 32],
@@ -275,22 +278,46 @@ impl SmallPlaintext {
             level,
             log_q: ctx.params().log_q_at(0),
         };
-        (max < min_q as f64 / 2.0)
-            .then(|| Self {
-                coeffs: coeffs.iter().map(|&c| c.round() as i64).collect(),
-                level,
-                scale,
-                fingerprint: *ctx.fingerprint(),
-            })
-            .ok_or(overflow)
+        if max >= min_q as f64 / 2.0 {
+            return Err(overflow);
+        }
+        let coeffs: Vec<i64> = coeffs.iter().map(|&c| c.round() as i64).collect();
+        // the trailing zeros shared by the indices of all nonzero coefficients
+        let used = coeffs
+            .iter()
+            .enumerate()
+            .filter(|&(_, &c)| c != 0)
+            .fold(0usize, |acc, (j, _)| acc | j);
+        let subring = used.trailing_zeros().min(MAX_SUBRING_LOG);
+        Ok(Self {
+            coeffs,
+            subring,
+            level,
+            scale,
+            fingerprint: *ctx.fingerprint(),
+        })
     }
 
-    /// Limb `i` (of q0..q_level) in NTT form, written into `out`.
-    pub fn limb_into(&self, ctx: &Context, i: usize, out: &mut [u64]) {
+    /// t where the polynomial is one in X^(2^t) (see the field).
+    pub fn subring(&self) -> u32 {
+        self.subring
+    }
+
+    /// Limb `i` (of q0..q_level) in NTT form, written into `out`; `scratch` holds the subring's
+    /// coefficients where the polynomial is one in X^(2^t) (kept by the caller across calls).
+    pub fn limb_into(&self, ctx: &Context, i: usize, out: &mut [u64], scratch: &mut Vec<u64>) {
         let basis = &ctx.level_ctx(self.level).q;
         let q = basis.modulus(i).value() as i64;
+        let reduce = |c: i64| (c + (q & (c >> 63))) as u64;
+        if let Some(sub) = ctx.subring_ntt(i, self.subring) {
+            scratch.clear();
+            let stride = 1 << self.subring;
+            scratch.extend(self.coeffs.iter().step_by(stride).map(|&c| reduce(c)));
+            sub.forward_spread(scratch, out);
+            return;
+        }
         for (x, &c) in out.iter_mut().zip(&self.coeffs) {
-            *x = (c + (q & (c >> 63))) as u64;
+            *x = reduce(c);
         }
         basis.ntt(i).forward(out);
     }

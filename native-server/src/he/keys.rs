@@ -3,10 +3,13 @@
 //! keys already available at the level it is derived at compose to its rotation. What remains to
 //! upload is the top levels' keys (no prime of Q above them) and relinearization.
 //!
-//! An uploaded amount used at several derivable levels also gets a derived copy for the highest of
-//! them: the lower levels then switch with that copy's layout (fewer digits or special primes than
-//! the top's) instead of the top key's. ResNet-20's giant step 1024 is the case: its rotations at
-//! levels 0-12 take a key for level 12 (special primes q13..q20) instead of the top's 12 of P.
+//! An amount used at several derivable levels below its key's also gets a derived copy for the
+//! highest of them whose layout has at most dnum digits, where its key is an uploaded one (the
+//! top's special primes) or a derived one with more digits: the lower levels then switch with the
+//! copy's layout instead. ResNet-20's giant step 1024 is the case: its rotations at levels 0-12
+//! take a key for level 12 (two digits, special primes q13..q20) instead of the top's (12 special
+//! primes of P); so does complex packing's Horner step 2048, whose first key, for level 15, has
+//! four digits (measured: stage 2 about 5% slower with the four-digit key alone).
 //!
 //! The conjugation key of complex packing is always uploaded: no product of rotations is a
 //! conjugation.
@@ -22,8 +25,8 @@ pub struct KeyPlan {
     /// Amounts (left, in slots) the client makes keys for, with the level each is made at.
     pub uploaded: BTreeMap<usize, usize>,
     /// Amounts the server derives, with their levels, in the order they are derived (each from
-    /// the uploaded keys and those derived before it). An uploaded amount may appear here too:
-    /// a copy for lower levels.
+    /// the uploaded keys and those derived before it). An amount may appear twice (or once here
+    /// and once uploaded): a copy for lower levels.
     pub derived: Vec<(usize, usize)>,
 }
 
@@ -63,12 +66,41 @@ impl KeyPlan {
             }
             have.push((g, level));
         }
-        for (&amount, &top) in &plan.uploaded {
+        // a copy for the levels below a key that has the top's special primes (uploaded) or
+        // more digits than the set's dnum (derived near the top): made for the highest used
+        // level whose derived layout has at most dnum digits, where enough levels use it
+        let params = ctx.params();
+        let dnum = params.dnum();
+        let firsts: Vec<(usize, usize)> =
+            plan.uploaded
+                .iter()
+                .map(|(&a, &l)| (a, l))
+                .chain(
+                    plan.derived.iter().copied().filter(|&(_, l)| {
+                        params.derived_layout(l).is_some_and(|k| k.digits(l) > dnum)
+                    }),
+                )
+                .collect();
+        for (amount, top) in firsts {
+            let g = ctx.galois_element(amount as i64);
             let lower: Vec<usize> = uses[&amount]
                 .iter()
                 .rev()
                 .copied()
-                .filter(|&l| l < top && derived_at(ctx, l).is_some_and(|m| m <= top))
+                .filter(|&l| l < top)
+                .filter(|&l| {
+                    params.derived_layout(l).is_some_and(|copy| {
+                        copy.digits(l) <= dnum
+                            && copy.derived_at().is_some_and(|m| {
+                                let available: Vec<u64> = have
+                                    .iter()
+                                    .filter(|&&(_, kl)| kl >= m)
+                                    .map(|&(h, _)| h)
+                                    .collect();
+                                galois_path(two_n, &available, g).is_some()
+                            })
+                    })
+                })
                 .collect();
             if lower.len() >= COPY_MIN_LEVELS {
                 plan.derived.push((amount, lower[0]));
@@ -104,37 +136,49 @@ mod tests {
             .collect()
     }
 
-    /// For ResNet-20's keys: the top level's three are uploaded, everything below level 12
-    /// derived, the giant step (used at every level) gets a copy for level 12 and the baby steps
-    /// of stage 1 (one derivable level) none, and a set without a derivable level uploads all.
+    /// For ResNet-20's keys: the top level's three are uploaded, everything below derived, the
+    /// giant step (used at every level) gets a copy for level 12 and the baby steps of stage 1
+    /// (whose derivable levels, 13-15, have layouts of three or four digits) none; complex
+    /// packing's Horner step, first derived for level 15 with four digits, gets a two-digit
+    /// copy for level 12. A set without a derivable level uploads all.
     #[test]
     fn only_the_top_keys_are_uploaded() {
         let ctx = Context::named("N16_L39").unwrap();
         let every: Vec<usize> = (0..=20).collect();
-        let stage1: Vec<usize> = (12..=20).rev().step_by(2).collect();
-        let plan = KeyPlan::new(
-            &ctx,
-            &uses(&[
-                (1, &stage1),
-                (2, &[11, 9, 7]),
-                (4, &[11]),
-                (8, &[6]),
-                (16, &[1]),
-                (32, &stage1),
-                (64, &[11, 9]),
-                (128, &[11]),
-                (256, &[6]),
-                (512, &[1]),
-                (1024, &every),
-            ]),
-        );
+        let stage1: Vec<usize> = (13..=20).collect();
+        let horner: Vec<usize> = (1..=15).collect();
+        let resnet = uses(&[
+            (1, &stage1),
+            (2, &[11, 9, 7]),
+            (4, &[11]),
+            (8, &[6]),
+            (16, &[1]),
+            (32, &stage1),
+            (64, &[11, 9]),
+            (128, &[11]),
+            (256, &[6]),
+            (512, &[1]),
+            (1024, &every),
+            (2048, &horner),
+        ]);
+        let plan = KeyPlan::new(&ctx, &resnet);
         assert_eq!(
             plan.uploaded,
             BTreeMap::from([(1, 20), (32, 20), (1024, 20)])
         );
-        assert_eq!(plan.derived.len(), 9);
-        assert_eq!(plan.derived[0], (1024, 12), "highest level first");
-        assert!(!plan.derived.contains(&(1, 12)));
+        assert_eq!(plan.derived[0], (2048, 15), "highest level first");
+        assert!(plan
+            .derived
+            .is_sorted_by_key(|&(_, l)| std::cmp::Reverse(l)));
+        // copies with two digits for the levels below the top key and the four-digit one
+        assert!(plan.derived.contains(&(1024, 12)) && plan.derived.contains(&(2048, 12)));
+        assert_eq!(plan.derived.len(), 11);
+        let params = ctx.params();
+        assert_eq!(params.derived_layout(15).unwrap().digits(15), 4);
+        assert_eq!(params.derived_layout(12).unwrap().digits(12), 2);
+        // the baby steps of stage 1 are used at derivable levels (13-15), but their layouts
+        // there have three or four digits: no copy
+        assert!(!plan.derived.iter().any(|&(a, _)| a == 1 || a == 32));
         // an amount the keys above cannot reach is uploaded: multiples of 1024 never make 1
         let only = uses(&[(1024, &[20]), (1, &[6])]);
         let plan = KeyPlan::new(&ctx, &only);

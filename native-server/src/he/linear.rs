@@ -3,7 +3,9 @@
 //! and the Horner chain of giant rotations, then one rescale. With complex packing the input
 //! first gets its imaginary copy and the result its real part (see `bsgs`).
 
-use blindsight_core::{Ciphertext, CkksError, Context, EvaluationKeys, Evaluator, SmallPlaintext};
+use blindsight_core::{
+    Ciphertext, CkksError, Context, EvaluationKeys, Evaluator, RaisedCiphertext, SmallPlaintext,
+};
 
 use crate::he::bsgs::LinearPlan;
 use crate::he::diagonal::Diagonal;
@@ -28,6 +30,13 @@ impl LinearPlan {
     ) -> Result<Ciphertext, CkksError> {
         apply_sum(ev, keys, &[(self, ct)], counts)
     }
+}
+
+/// The accumulator of a Horner chain: nothing yet, a first term, or a rotated sum raised by P.
+enum Horner {
+    Empty,
+    Plain(Ciphertext),
+    Raised(RaisedCiphertext),
 }
 
 /// A term's input brought to the plan's level, with its baby rotations.
@@ -179,33 +188,37 @@ pub fn apply_sum(
     };
     // Horner from the last giant down, acc = rot_G(acc) + V_g, each rotation computed beside
     // the next term: the two jobs keep both cores busy where a key switch alone does not,
-    // and only one term is alive at a time
-    let mut acc = giant_term(giants - 1)?;
-    for g in (0..giants - 1).rev() {
+    // and only one term is alive at a time. The accumulator stays raised by the key's special
+    // modulus from its first rotation on and is divided once at the end (`RaisedCiphertext`).
+    let step = first.horner_step() as i64;
+    let mut acc = Horner::Empty;
+    for g in (0..giants).rev() {
         let (rotated, term) = rayon::join(
-            || {
-                acc.as_ref()
-                    .map(|a| ev.rotate(a, first.horner_step() as i64, keys))
-                    .transpose()
+            || match &acc {
+                Horner::Empty => Ok(Horner::Empty),
+                Horner::Plain(a) => ev.rotate_raising(a, step, keys).map(Horner::Raised),
+                Horner::Raised(a) => ev.rotate_raised(a, step, keys).map(Horner::Raised),
             },
             || giant_term(g),
         );
         let (rotated, term) = (rotated?, term?);
-        if rotated.is_some() {
+        if !matches!(rotated, Horner::Empty) {
             counts.rotations += 1;
         }
         acc = match (rotated, term) {
-            (Some(mut r), Some(t)) => {
-                ev.add_assign(&mut r, &t)?;
-                Some(r)
+            (Horner::Raised(mut r), Some(t)) => {
+                ev.add_raised(&mut r, &t)?;
+                Horner::Raised(r)
             }
-            (r, t) => r.or(t),
+            (Horner::Empty, Some(t)) => Horner::Plain(t),
+            (r, _) => r,
         };
     }
     drop(prepared);
     let mut acc = match acc {
-        Some(acc) => acc,
-        None => ev.zero(first.level, first.out_scale * q / first.fold() as f64)?,
+        Horner::Plain(acc) => acc,
+        Horner::Raised(acc) => ev.lower(&acc),
+        Horner::Empty => ev.zero(first.level, first.out_scale * q / first.fold() as f64)?,
     };
     if first.complex {
         // the real part before the rescale: the key switch's error is then divided by q with
