@@ -48,7 +48,8 @@ fn ntt(c: &mut Criterion) {
     g.finish();
 }
 
-fn ops(c: &mut Criterion) {
+/// `BENCH_THREADS` (default 1) threads for rayon, freed blocks kept in the heap as the binaries do.
+fn bench_threads() -> usize {
     memory::keep_freed_memory();
     let threads: usize = std::env::var("BENCH_THREADS")
         .ok()
@@ -57,6 +58,11 @@ fn ops(c: &mut Criterion) {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global();
+    threads
+}
+
+fn ops(c: &mut Criterion) {
+    let threads = bench_threads();
     for config in env_list("BENCH_CONFIGS", "N16_D20") {
         let ctx = Context::named(&config).expect("known parameter set");
         let top = ctx.max_level();
@@ -104,14 +110,7 @@ fn ops(c: &mut Criterion) {
 }
 
 fn chains(c: &mut Criterion) {
-    memory::keep_freed_memory();
-    let threads: usize = std::env::var("BENCH_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
+    let threads = bench_threads();
     let ctx = Context::named("N16_L39").unwrap();
     let (top, level) = (ctx.max_level(), 16);
     let sk = SecretKey::generate(&ctx);

@@ -25,6 +25,9 @@ pub struct SwitchContext {
     /// For each digit j: conversion from its primes to the rest of Q_l ++ P.
     pub mod_up: Vec<DigitConverter>,
     pub mod_down: ModDown,
+    /// P mod q_i for the limbs of Q_l: what multiplies a ciphertext raised into Q_l ++ P
+    /// (`RaisedCiphertext`).
+    pub p_mod_q: Vec<u64>,
 }
 
 impl SwitchContext {
@@ -48,11 +51,21 @@ impl SwitchContext {
                 }
             })
             .collect();
+        let p_mod_q = ql
+            .moduli()
+            .iter()
+            .map(|m| {
+                p.moduli()
+                    .iter()
+                    .fold(1u64, |acc, pk| m.mul(acc, m.reduce(pk.value())))
+            })
+            .collect();
         Self {
             layout,
             qp: ql.concat(&p),
             mod_down: ModDown::new(&ql, &p),
             mod_up,
+            p_mod_q,
         }
     }
 }

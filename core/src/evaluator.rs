@@ -421,8 +421,7 @@ impl Evaluator {
     ) -> Result<Ciphertext, CkksError> {
         self.check(a)?;
         Self::check_degree1(a)?;
-        let key = keys.galois_at(g, a.level)?;
-        self.check_key(key, a.level)?;
+        let key = self.galois_key(g, a.level, keys)?;
         let dec = Decomposition::new(&self.ctx, a.level, key.layout, &a.c[1]);
         Ok(self.galois_from_decomposition(a, &dec, g, key))
     }
@@ -458,7 +457,7 @@ impl Evaluator {
         Ok(key)
     }
 
-    /// Left rotation of `a` by `r`, left multiplied by the key's special modulus P (see
+    /// Left rotation of `a` by `r`, multiplied by the key's special modulus P (see
     /// [`RaisedCiphertext`]): the first rotation of a chain, without its ModDown.
     pub fn rotate_raising(
         &self,
@@ -471,15 +470,13 @@ impl Evaluator {
         let g = self.ctx.galois_element(r);
         let key = self.galois_key(g, a.level, keys)?;
         let dec = Decomposition::new(&self.ctx, a.level, key.layout, &a.c[1]);
-        let sw = self.ctx.switch_ctx(a.level, key.layout);
         let (b, k) = dec.inner_product(&self.ctx, key);
         let mut x = RaisedCiphertext {
             c0: b,
             c1: k,
             level: a.level,
             scale: a.scale,
-            p_mod_q: RaisedCiphertext::special_mod_q(&sw, a.level),
-            sw,
+            sw: dec.switch_ctx().clone(),
         };
         // (P*c0 + b, k): c1's part is in the inner product
         x.add_times_p(&a.c[0], None);
@@ -511,7 +508,6 @@ impl Evaluator {
             level: x.level,
             scale: x.scale,
             sw: x.sw.clone(),
-            p_mod_q: x.p_mod_q.clone(),
         };
         Ok(self.permute_raised(y, g))
     }
@@ -594,9 +590,7 @@ impl Evaluator {
             .collect();
         let mut ks = Vec::with_capacity(gs.len());
         for &g in &gs {
-            let key = keys.galois_at(g, a.level)?;
-            self.check_key(key, a.level)?;
-            ks.push(key);
+            ks.push(self.galois_key(g, a.level, keys)?);
         }
         // one decomposition per distinct key layout, made for the first key of that layout
         let mut decs: Vec<Decomposition> = Vec::new();

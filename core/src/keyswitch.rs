@@ -122,6 +122,11 @@ impl Decomposition {
         }
     }
 
+    /// The switching context of its level and layout.
+    pub(crate) fn switch_ctx(&self) -> &Arc<SwitchContext> {
+        &self.sw
+    }
+
     /// Whether a key can be used with this decomposition (made with the same layout).
     pub fn fits(&self, key: &SwitchingKey) -> bool {
         key.level >= self.level && key.layout == self.sw.layout
@@ -194,8 +199,6 @@ pub struct RaisedCiphertext {
     pub(crate) level: usize,
     pub(crate) scale: f64,
     pub(crate) sw: Arc<SwitchContext>,
-    /// P mod q_i, for the limbs of Q_l.
-    pub(crate) p_mod_q: Vec<u64>,
 }
 
 impl RaisedCiphertext {
@@ -212,26 +215,13 @@ impl RaisedCiphertext {
         self.sw.layout
     }
 
-    /// P mod q_i for the Q_l limbs of a switching context.
-    pub(crate) fn special_mod_q(sw: &SwitchContext, level: usize) -> Vec<u64> {
-        let nq = level + 1;
-        (0..nq)
-            .map(|i| {
-                let m = sw.qp.modulus(i);
-                (nq..sw.qp.len()).fold(1u64, |acc, k| {
-                    m.mul(acc, m.reduce(sw.qp.modulus(k).value()))
-                })
-            })
-            .collect()
-    }
-
     /// `(c0, c1) += P * (a0, a1)` for `(a0, a1)` over Q_l (`a1` absent: zero): the Q_l limbs
     /// gain the product, the P limbs nothing (P * a is 0 mod P).
     pub(crate) fn add_times_p(&mut self, a0: &RnsPoly, a1: Option<&RnsPoly>) {
         let n = self.sw.qp.n();
         let nq = self.level + 1;
         let qp = &self.sw.qp;
-        let p_mod_q = &self.p_mod_q;
+        let p_mod_q = &self.sw.p_mod_q;
         let halves = [(&mut self.c0, Some(a0)), (&mut self.c1, a1)];
         for (x, y) in halves.into_iter().filter_map(|(x, y)| Some((x, y?))) {
             par::for_each_limb(&mut x.data_mut()[..nq * n], n, |i, limb| {

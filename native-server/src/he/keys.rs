@@ -51,14 +51,7 @@ impl KeyPlan {
         };
         for (amount, level) in by_level {
             let g = ctx.galois_element(amount as i64);
-            let derivable = derived_at(ctx, level).is_some_and(|m| {
-                let available: Vec<u64> = have
-                    .iter()
-                    .filter(|&&(_, l)| l >= m)
-                    .map(|&(h, _)| h)
-                    .collect();
-                galois_path(two_n, &available, g).is_some()
-            });
+            let derivable = derived_at(ctx, level).is_some_and(|m| reaches(two_n, &have, m, g));
             if derivable {
                 plan.derived.push((amount, level));
             } else {
@@ -91,14 +84,9 @@ impl KeyPlan {
                 .filter(|&l| {
                     params.derived_layout(l).is_some_and(|copy| {
                         copy.digits(l) <= dnum
-                            && copy.derived_at().is_some_and(|m| {
-                                let available: Vec<u64> = have
-                                    .iter()
-                                    .filter(|&&(_, kl)| kl >= m)
-                                    .map(|&(h, _)| h)
-                                    .collect();
-                                galois_path(two_n, &available, g).is_some()
-                            })
+                            && copy
+                                .derived_at()
+                                .is_some_and(|m| reaches(two_n, &have, m, g))
                     })
                 })
                 .collect();
@@ -119,6 +107,16 @@ impl KeyPlan {
         }
         Ok(())
     }
+}
+
+/// Whether the keys `have` (Galois element, level) made for level `m` or above compose to `g`.
+fn reaches(two_n: u64, have: &[(u64, usize)], m: usize, g: u64) -> bool {
+    let available: Vec<u64> = have
+        .iter()
+        .filter(|&&(_, l)| l >= m)
+        .map(|&(h, _)| h)
+        .collect();
+    galois_path(two_n, &available, g).is_some()
 }
 
 /// The level a key for `level` is derived at (its pairs live over Q_m), if it can be derived.
