@@ -554,6 +554,23 @@ impl Evaluator {
         Ok(sum)
     }
 
+    /// The real and the imaginary part of every slot as two ciphertexts, `(a + conj(a))/2` and
+    /// `(a - conj(a))/2i`, each recorded at twice the scale (one conjugation, no level): two
+    /// values that shared a ciphertext as its real and imaginary parts, apart again.
+    pub fn real_imag(
+        &self,
+        a: &Ciphertext,
+        keys: &EvaluationKeys,
+    ) -> Result<(Ciphertext, Ciphertext), CkksError> {
+        let conj = self.conjugate(a, keys)?;
+        let mut re = self.add(a, &conj)?;
+        re.scale *= 2.0;
+        // (a - conj(a)) / 2i = i * (conj(a) - a) / 2
+        let mut im = self.mul_imag(&self.sub(&conj, a)?)?;
+        im.scale *= 2.0;
+        Ok((re, im))
+    }
+
     /// Left rotation of the slots by `r` (negative: right).
     pub fn rotate(
         &self,

@@ -278,6 +278,39 @@ fn conjugation_and_rotate_and_sum() {
     ));
 }
 
+/// Two real vectors that share a ciphertext as real and imaginary parts come apart with one
+/// conjugation and no level, and each squares on its own: the pair's activation.
+#[test]
+fn real_and_imaginary_parts_come_apart() {
+    let f = fixture();
+    let ev = Evaluator::new(&f.ctx);
+    let n = f.ctx.params().slots();
+    let (a, b) = (values(n, 12), values(n, 13));
+    let l = f.ctx.max_level() - 1;
+    let pair = ev
+        .add(
+            &encrypt(f, &a, l, D40),
+            &ev.mul_imag(&encrypt(f, &b, l, D40)).unwrap(),
+        )
+        .unwrap();
+    let (re, im) = ev.real_imag(&pair, &f.keys).unwrap();
+    for (ct, want) in [(&re, &a), (&im, &b)] {
+        assert_eq!(ct.level(), l);
+        assert!(scales_equal(ct.scale(), 2.0 * D40));
+        assert!(max_err(&decrypt_real(f, ct), want) < 1e-6);
+    }
+    // a^2 + i*b^2: the squares back in one ciphertext
+    let sq = |ct: &Ciphertext| ev.square_relin(ct, &f.keys).unwrap();
+    let both = ev.add(&sq(&re), &ev.mul_imag(&sq(&im)).unwrap()).unwrap();
+    let got = decrypt(&f.ctx, &both, &f.sk)
+        .unwrap()
+        .decode(&f.ctx)
+        .unwrap();
+    for ((g, x), y) in got.iter().zip(&a).zip(&b) {
+        assert!((g.re - x * x).abs() < 1e-5 && (g.im - y * y).abs() < 1e-5);
+    }
+}
+
 /// Two real vectors in one ciphertext (`a + i*b`, the second part by `mul_imag`), one complex
 /// plaintext product `(p - i*q) (a + i*b)` and a conjugation: the real part `p*a + q*b` alone,
 /// the imaginary part gone, with no level spent but the product's.
@@ -647,11 +680,17 @@ fn key_switching_precision_at_the_resnet_set() {
     let mut keys = EvaluationKeys::new(&ctx);
     keys.insert(kg.rotation_key(1, top).unwrap()).unwrap();
     keys.insert(kg.relin_key(top).unwrap()).unwrap();
+    // keys made for levels 16-19 have the set's small special primes (11.6 bits above a
+    // digit at 18-19)
+    for level in [18, 16] {
+        keys.insert(kg.rotation_key(1, level).unwrap()).unwrap();
+        keys.insert(kg.relin_key(level).unwrap()).unwrap();
+    }
     let ev = Evaluator::new(&ctx);
     let n = ctx.params().slots();
     let x = values(n, 31);
     let scale = ctx.params().default_scale();
-    for level in [top, 5] {
+    for level in [top, 18, 16, 5] {
         let pt = Plaintext::encode_real(&ctx, &x, level, scale).unwrap();
         let ct = Encryptor::new(&ctx).encrypt_sk(&pt, &sk).unwrap();
         let got = decrypt_with(&ctx, &sk, &ev.rotate(&ct, 1, &keys).unwrap());

@@ -139,6 +139,9 @@ pub struct BatchResult {
     /// Seconds spent in steps by how many images their ciphertext holds (1: the per-image
     /// stage, then the merged ones): where a batch's time goes.
     pub seconds_by_packing: BTreeMap<usize, f64>,
+    /// Seconds per layer (steps of one name summed over the batch's ciphertexts), in the order
+    /// they ran.
+    pub seconds_by_layer: Vec<(String, f64)>,
 }
 
 impl Session {
@@ -165,12 +168,18 @@ impl Session {
             evaluate_batch(plan, &ev, &self.keys, &cts, |i, n, _, _| progress(i, n))?;
         let eval = t0.elapsed();
         let mut seconds_by_packing = BTreeMap::new();
+        let mut seconds_by_layer: Vec<(String, f64)> = Vec::new();
         let ran = plan
             .steps
             .iter()
             .zip(present_steps(plan, inputs.len()))
             .filter_map(|(st, p)| p.then_some(st));
         for (st, r) in ran.zip(&reports) {
+            let s = r.time.as_secs_f64();
+            match seconds_by_layer.iter_mut().find(|(n, _)| *n == st.name) {
+                Some((_, t)) => *t += s,
+                None => seconds_by_layer.push((st.name.clone(), s)),
+            }
             *seconds_by_packing.entry(st.value.capacity()).or_insert(0.0) += r.time.as_secs_f64();
         }
         let peak_rss_bytes = peak_rss_bytes();
@@ -197,6 +206,7 @@ impl Session {
             max_abs_logit_error: worst,
             peak_rss_bytes,
             seconds_by_packing,
+            seconds_by_layer,
         })
     }
 }
@@ -301,6 +311,10 @@ pub struct BatchReport {
     /// Median over batches of the seconds spent in steps whose ciphertext holds this many
     /// images (JSON keys are the counts).
     pub seconds_by_packing: BTreeMap<usize, f64>,
+    /// Median over batches of the seconds per layer (summed over a batch's ciphertexts), in the
+    /// order they ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seconds_by_layer: Vec<(String, f64)>,
 }
 
 /// The CKKS parameter set of a run.
@@ -423,6 +437,22 @@ pub fn batch_report(
                 })
                 .collect()
         },
+        seconds_by_layer: batches
+            .first()
+            .map(|(_, b)| {
+                b.seconds_by_layer
+                    .iter()
+                    .map(|(name, _)| {
+                        let v = batches
+                            .iter()
+                            .filter_map(|(_, b)| b.seconds_by_layer.iter().find(|(n, _)| n == name))
+                            .map(|&(_, s)| s)
+                            .collect();
+                        (name.clone(), median(v))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

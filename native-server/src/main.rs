@@ -712,7 +712,17 @@ fn bench_table(report: &BenchReport) -> String {
         out += &format!("{key}: {value}\n");
     }
     if let Some(b) = &report.batch {
-        out += &format!("batch: {}\n", json(b));
+        // the batch's layers as a table of their own; the line keeps the totals
+        let mut totals = b.clone();
+        let layers = std::mem::take(&mut totals.seconds_by_layer);
+        out += &format!("batch: {}\n", json(&totals));
+        out += &format!(
+            "batch of {} images, per layer (summed over its ciphertexts):\n",
+            b.size
+        );
+        for (name, s) in layers {
+            out += &format!("  {name:<24} {s:>9.3}\n");
+        }
     }
     out
 }
@@ -808,9 +818,14 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
         );
         if batched {
             s += &format!(
-                "; {} per ct, shifts {:?}",
+                "; {} per ct, shifts {:?}{}",
                 st.value.capacity(),
-                st.value.shifts
+                st.value.shifts,
+                if st.value.lanes == 2 {
+                    " x (re, im)"
+                } else {
+                    ""
+                }
             );
         }
         s += "\n";
@@ -831,7 +846,7 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
         s += &format!(" {a}@{l}");
     }
     if let Some(l) = plan.conj_level {
-        s += &format!("\nconjugation key uploaded (complex packing): @{l}");
+        s += &format!("\nconjugation key uploaded (complex packing, a batch's pairs): @{l}");
     }
     s += &format!(
         "\nevaluation keys uploaded: {:.1} MB (relinearization at level {:?})\n",
@@ -851,20 +866,26 @@ fn describe_packing(plan: &Plan) -> String {
     let mut i = 0;
     while i < firsts.len() {
         let v = &firsts[i].value;
-        let key = (v.layout.gap(), v.shifts.clone());
+        let key = (v.layout.gap(), v.shifts.clone(), v.lanes);
         let mut j = i;
         while j + 1 < firsts.len()
             && (
                 firsts[j + 1].value.layout.gap(),
                 firsts[j + 1].value.shifts.clone(),
+                firsts[j + 1].value.lanes,
             ) == key
         {
             j += 1;
         }
         let l = &v.layout;
         let groups = plan.batch.div_ceil(v.capacity());
+        let pairs = if v.lanes == 2 {
+            " (each shift a pair: real and imaginary parts)"
+        } else {
+            ""
+        };
         s += &format!(
-            "  {} .. {}: {}x{}x{} gap {}, {} image(s) per ciphertext at shifts {:?}, {} ciphertext(s)\n",
+            "  {} .. {}: {}x{}x{} gap {}, {} image(s) per ciphertext at shifts {:?}{pairs}, {} ciphertext(s)\n",
             firsts[i].name,
             firsts[j].name,
             l.channels(),

@@ -70,6 +70,9 @@ pub struct LinearPlan {
     pub giants: usize,
     /// Complex packing (see the module doc): two giant steps per Horner term.
     pub complex: bool,
+    /// The weights times `i`: the term moves a one-image input into the imaginary lane of a
+    /// paired output (see `plan::Lanes`).
+    pub imag: bool,
     /// Baby amounts, ascending; `tree[baby_node[i]]` computes `babies[i]`.
     pub babies: Vec<usize>,
     pub tree: Vec<TreeNode>,
@@ -157,6 +160,7 @@ impl LinearPlan {
             giant,
             giants,
             complex,
+            imag: false,
             babies,
             tree,
             baby_node,

@@ -23,7 +23,8 @@ pub struct Diagonal {
     pub baby: usize,
     /// The real part.
     pub runs: Vec<Run>,
-    /// The imaginary part (complex packing only; empty otherwise).
+    /// The imaginary part (complex packing, or a term into the imaginary lane; empty
+    /// otherwise).
     pub imag: Vec<Run>,
     /// The runs repeat at each of these shifts (slots; `[0]` for one image): a batch's images
     /// that a layer maps alike share their runs instead of interleaving them.
@@ -123,9 +124,13 @@ impl LinearPlan {
                 let (h, odd) = (g / fold, g % fold == 1);
                 // rot_{-gG}(d)[p'] = d[p' - gG]: the entry for output slot p lands at p + gG;
                 // an odd step's rides in -Im of term h, rotated by G less (X's imaginary part
-                // is the input already rotated by G)
+                // is the input already rotated by G); an imaginary-lane term's all in +Im
                 let slot = (p + h * fold * self.giant) % slots;
-                let w = if odd { -w * mult } else { w * mult };
+                let (odd, w) = match (self.imag, odd) {
+                    (true, _) => (true, w * mult),
+                    (false, true) => (true, -w * mult),
+                    (false, false) => (false, w * mult),
+                };
                 entries.push(((h * nb) as u32 + index[b], odd, slot as u32, w));
             },
         );

@@ -4,10 +4,12 @@
 use std::time::{Duration, Instant};
 
 use blindsight_core::layout::SlotLayout;
-use blindsight_core::{scales_equal, Ciphertext, CkksError, EvaluationKeys, Evaluator, Plaintext};
+use blindsight_core::{
+    scales_equal, Ciphertext, CkksError, Complex, EvaluationKeys, Evaluator, Plaintext,
+};
 
 use crate::he::linear::{apply_sum, OpCounts};
-use crate::he::plan::{Plan, Ref, StepKind};
+use crate::he::plan::{Lanes, Plan, Ref, StepKind};
 
 /// Why an evaluation stopped.
 #[derive(Debug, thiserror::Error)]
@@ -172,20 +174,54 @@ pub fn evaluate_batch(
                     "linear+add",
                 )
             }
-            StepKind::Activation { input: r, beta } => {
+            StepKind::Activation {
+                input: r,
+                beta,
+                lanes,
+            } => {
                 let x = get(*r)?;
-                let pt = encode_tensor(
-                    &ctx,
-                    &st.value.layout,
-                    beta,
-                    &st.value.shifts,
-                    x.level(),
-                    x.scale(),
-                )
+                let slots = st
+                    .value
+                    .layout
+                    .place_shifted(beta, &st.value.shifts)
+                    .map_err(|e| wrap(CkksError::Layout(e.to_string())))?;
+                let out = match lanes {
+                    Lanes::One => {
+                        let pt = Plaintext::encode_real(&ctx, &slots, x.level(), x.scale())
+                            .map_err(wrap)?;
+                        counts.ct_mults += 1;
+                        ev.square_relin(&ev.add_plain(x, &pt).map_err(wrap)?, keys)
+                    }
+                    // both images shifted by beta, parted, squared, and rejoined or taken
+                    Lanes::Both | Lanes::Take(_) => {
+                        let both: Vec<Complex> =
+                            slots.iter().map(|&b| Complex::new(b, b)).collect();
+                        let pt =
+                            Plaintext::encode(&ctx, &both, x.level(), x.scale()).map_err(wrap)?;
+                        let y = ev.add_plain(x, &pt).map_err(wrap)?;
+                        let (re, im) = ev.real_imag(&y, keys).map_err(wrap)?;
+                        counts.rotations += 1;
+                        match lanes {
+                            Lanes::Take(lane) => {
+                                counts.ct_mults += 1;
+                                ev.square_relin(if *lane == 0 { &re } else { &im }, keys)
+                            }
+                            _ => {
+                                counts.ct_mults += 2;
+                                let (re2, im2) = rayon::join(
+                                    || ev.square_relin(&re, keys),
+                                    || ev.square_relin(&im, keys),
+                                );
+                                ev.add(
+                                    &re2.map_err(wrap)?,
+                                    &ev.mul_imag(&im2.map_err(wrap)?).map_err(wrap)?,
+                                )
+                            }
+                        }
+                    }
+                }
                 .map_err(wrap)?;
-                let v = ev.add_plain(x, &pt).map_err(wrap)?;
-                counts.ct_mults += 1;
-                (ev.square_relin(&v, keys).map_err(wrap)?, "square")
+                (out, "square")
             }
             StepKind::Add { inputs } => {
                 let (a, b) = (get(inputs[0])?, get(inputs[1])?);

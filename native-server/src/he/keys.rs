@@ -11,8 +11,8 @@
 //! primes of P); so does complex packing's Horner step 2048, whose first key, for level 15, has
 //! four digits (measured: stage 2 about 5% slower with the four-digit key alone).
 //!
-//! The conjugation key of complex packing is always uploaded: no product of rotations is a
-//! conjugation.
+//! The conjugation key (complex packing, and the activations of a batch's paired images) is
+//! always uploaded: no product of rotations is a conjugation.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -177,6 +177,26 @@ mod tests {
         // the baby steps of stage 1 are used at derivable levels (13-15), but their layouts
         // there have three or four digits: no copy
         assert!(!plan.derived.iter().any(|&(a, _)| a == 1 || a == 32));
+        // every derivation composes a few rotations of keys held at its level (a key for the
+        // top level missing would make 2048 from 64 rotations by 32: seconds per session)
+        let two_n = 2 * ctx.n() as u64;
+        let galois = |a: usize| ctx.galois_element(a as i64);
+        let mut have: Vec<(u64, usize)> = plan
+            .uploaded
+            .iter()
+            .map(|(&a, &l)| (galois(a), l))
+            .collect();
+        for &(a, l) in &plan.derived {
+            let m = derived_at(&ctx, l).unwrap();
+            let held: Vec<u64> = have
+                .iter()
+                .filter(|&&(_, hl)| hl >= m)
+                .map(|&(g, _)| g)
+                .collect();
+            let path = galois_path(two_n, &held, galois(a)).unwrap();
+            assert!(path.len() <= 8, "{a}@{l}: {} rotations", path.len());
+            have.push((galois(a), l));
+        }
         // an amount the keys above cannot reach is uploaded: multiples of 1024 never make 1
         let only = uses(&[(1024, &[20]), (1, &[6])]);
         let plan = KeyPlan::new(&ctx, &only);

@@ -161,8 +161,20 @@ pub fn apply_sum(
             }
             return ev.dot_small_plain(&baby_inputs(&items), &pts).map(Some);
         }
-        // two real diagonals per transform
-        for pair in items.chunks(2) {
+        // a term into the imaginary lane: complex diagonals; the rest two real ones per transform
+        let (cplx, items): (Vec<_>, Vec<_>) =
+            items.into_iter().partition(|(_, d)| !d.imag.is_empty());
+        for (t, d) in &cplx {
+            pts.push(SmallPlaintext::encode_complex(
+                ctx,
+                &d.expand(slots),
+                &d.expand_imag(slots),
+                first.level,
+                t.pt_scale,
+            )?);
+        }
+        let items = [cplx, items].concat();
+        for pair in items[pts.len()..].chunks(2) {
             match *pair {
                 [(ta, da), (tb, db)] => {
                     let (a, b) = SmallPlaintext::encode_real_pair(

@@ -55,10 +55,14 @@ impl PlanError {
 /// A batch's images share ciphertexts where a layout leaves slots idle: image `k` of a
 /// ciphertext sits at `layout` shifted by `shifts[k]` slots, so a value of a batch of `B` images
 /// is `ceil(B / shifts.len())` ciphertexts (groups), image `j` in group `j / shifts.len()`.
+/// Where a layout has no idle slots (stage 1), two images may share each slot instead, one in
+/// its real and one in its imaginary part (`lanes` 2, see [`Planner::lanes_for`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValueInfo {
     pub layout: SlotLayout,
     pub shifts: Vec<usize>,
+    /// Images per slot: 1, or 2 (real and imaginary parts).
+    pub lanes: usize,
     /// Every shift the layout has room for (`shifts` is its first `min(batch, room)`): batches
     /// of every size place their outputs as a full one would, so they need no other keys.
     pub room: Vec<usize>,
@@ -72,13 +76,33 @@ pub struct ValueInfo {
 impl ValueInfo {
     /// Images per ciphertext.
     pub fn capacity(&self) -> usize {
-        self.shifts.len()
+        self.shifts.len() * self.lanes
     }
 
     /// The group (ciphertext) and shift of image `j`.
     pub fn place_of(&self, j: usize) -> (usize, usize) {
-        (j / self.capacity(), self.shifts[j % self.capacity()])
+        let k = j % self.capacity();
+        (j / self.capacity(), self.shifts[k / self.lanes])
     }
+
+    /// The lane of image `j`: 0 for the real part of its slots, 1 for the imaginary part.
+    pub fn lane_of(&self, j: usize) -> usize {
+        j % self.capacity() % self.lanes
+    }
+}
+
+/// How an activation treats a value whose ciphertexts may hold two images as real and
+/// imaginary parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lanes {
+    /// One image per slot: `(x + beta)^2`.
+    One,
+    /// Both lanes squared and kept together: `y = x + beta*(1+i)` is split into its real and
+    /// imaginary parts (one conjugation), each squared, and `re^2 + i*im^2` rejoined.
+    Both,
+    /// As `Both`, but only lane `0` or `1` is squared and kept, as a one-lane value: where the
+    /// next layers have idle slots for the batch instead.
+    Take(usize),
 }
 
 /// Where a step reads a value: the encrypted input of one image or an earlier step.
@@ -95,10 +119,11 @@ pub enum StepKind {
         input: Ref,
         lin: Box<LinearPlan>,
     },
-    /// `ct + beta`, squared and relinearized.
+    /// `ct + beta`, squared and relinearized (per lane, see [`Lanes`]).
     Activation {
         input: Ref,
         beta: Vec<f64>,
+        lanes: Lanes,
     },
     /// Sum of two values at the same level, scale, layout and multiplier.
     Add {
@@ -389,25 +414,17 @@ impl Plan {
         let input = SlotLayout::dense(channels, height, width, params.slots())
             .map_err(|e| PlanError::layout("input", e))?;
         let (input_level, input_scale) = (total, delta * delta);
-        // levels whose keys have two digits (the largest keys) get baby trees with fewer keys
-        let wide_keys_from = (0..=params.max_level())
-            .find(|&l| params.digits_at(l) > 1)
-            .unwrap_or(usize::MAX);
-        // complex packing where the server derives the rotation keys (its Horner step 2G among
-        // them): its one new upload is the conjugation key, made for the highest such level
-        let complex_to = (0..=params.max_level())
-            .rev()
-            .find(|&l| params.derived_layout(l).is_some());
+        let packing = Packing::of(params);
         let mut planner = Planner::new(
             model,
             delta,
             batch,
-            wide_keys_from,
-            complex_to,
+            packing,
             output_gain(params),
             ValueInfo {
                 layout: input.clone(),
                 shifts: vec![0],
+                lanes: 1,
                 room: vec![0],
                 level: input_level,
                 scale: input_scale,
@@ -436,7 +453,7 @@ impl Plan {
             )));
         }
         let output_offset = out.offset.clone();
-        let (uses, relin_level, conj_level) = keys_needed(&steps);
+        let (uses, relin_level, conj_level) = keys_needed(&steps, packing.pair_to);
         let rotations = uses
             .iter()
             .map(|(&a, levels)| (a, *levels.last().expect("an amount is used somewhere")))
@@ -458,6 +475,13 @@ impl Plan {
         })
     }
 }
+
+/// How many levels above complex packing a batch pairs its images in stage 1 (real and
+/// imaginary parts of one ciphertext), where the layout leaves no slots idle: the pair's
+/// activations need the conjugation key there. At N16_L39 three levels: the key for level 18
+/// (23.9 MB instead of 20.5 for 15) fits the 128 MB upload beside the other four (127.5 MB),
+/// with the set's small special primes; level 19's would not.
+const PAIR_LEVELS_ABOVE_COMPLEX: usize = 3;
 
 /// Bits that the logits may use above their scale at level 0, sign included (magnitudes below
 /// 2^13), against q0.
@@ -501,7 +525,10 @@ type KeysNeeded = (
     Option<usize>,
 );
 
-fn keys_needed(steps: &[Step]) -> KeysNeeded {
+/// The conjugation key is made for the highest level at which a batch would pair images
+/// (`pair_to` and below, where a layout has no room for shifts), by one image's plan too:
+/// the client makes one set of keys for jobs of one image and of several.
+fn keys_needed(steps: &[Step], pair_to: Option<usize>) -> KeysNeeded {
     let mut rotations: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
     let (mut relin_level, mut conj_level) = (None, None);
     let mut note = |amount: usize, level: usize| {
@@ -524,11 +551,50 @@ fn keys_needed(steps: &[Step]) -> KeysNeeded {
             }
             StepKind::Activation { .. } => {
                 relin_level = relin_level.max(Some(st.value.level));
+                if pair_to.is_some_and(|p| st.value.level <= p) && st.value.room.len() == 1 {
+                    conj_level = conj_level.max(Some(st.value.level));
+                }
             }
             StepKind::Linear { .. } | StepKind::LinearSum { .. } | StepKind::Add { .. } => {}
         }
     }
     (rotations, relin_level, conj_level)
+}
+
+/// A linear term's images, as (input shift, output shift) pairs, and whether it writes the
+/// imaginary lane.
+type TermImages = (Vec<(usize, usize)>, bool);
+
+/// The levels at which each way of packing applies, from the parameter set's key layouts.
+#[derive(Debug, Clone, Copy)]
+struct Packing {
+    /// The lowest level whose keys have more than one digit: baby trees with fewer keys there
+    /// (those keys are the largest).
+    wide_keys_from: usize,
+    /// The highest level of complex packing, if any: where the server derives the rotation
+    /// keys (its Horner step 2G among them), so that its one new upload is the conjugation key.
+    complex_to: Option<usize>,
+    /// The highest level at which a batch pairs images ([`Planner::lanes_for`]): from where
+    /// the conjugation key still fits the upload (see [`PAIR_LEVELS_ABOVE_COMPLEX`]).
+    pair_to: Option<usize>,
+}
+
+impl Packing {
+    fn of(params: &blindsight_core::Params) -> Self {
+        let wide_keys_from = (0..=params.max_level())
+            .find(|&l| params.digits_at(l) > 1)
+            .unwrap_or(usize::MAX);
+        let complex_to = (0..=params.max_level())
+            .rev()
+            .find(|&l| params.derived_layout(l).is_some());
+        let pair_to = complex_to
+            .map(|c| (c + PAIR_LEVELS_ABOVE_COMPLEX).min(params.max_level().saturating_sub(1)));
+        Self {
+            wide_keys_from,
+            complex_to,
+            pair_to,
+        }
+    }
 }
 
 /// The planner's state while it walks the model's nodes in order: the steps so far, the steps of
@@ -537,10 +603,7 @@ struct Planner<'a> {
     model: &'a Model,
     delta: f64,
     batch: usize,
-    /// The lowest level whose keys have more than one digit.
-    wide_keys_from: usize,
-    /// The highest level of complex packing, if any.
-    complex_to: Option<usize>,
+    packing: Packing,
     /// The output layer's scale over Delta ([`output_gain`]).
     output_gain: f64,
     input: ValueInfo,
@@ -556,8 +619,7 @@ impl<'a> Planner<'a> {
         model: &'a Model,
         delta: f64,
         batch: usize,
-        wide_keys_from: usize,
-        complex_to: Option<usize>,
+        packing: Packing,
         output_gain: f64,
         input: ValueInfo,
     ) -> Self {
@@ -574,8 +636,7 @@ impl<'a> Planner<'a> {
             model,
             delta,
             batch,
-            wide_keys_from,
-            complex_to,
+            packing,
             output_gain,
             input,
             steps: Vec::with_capacity(nodes.len()),
@@ -589,7 +650,7 @@ impl<'a> Planner<'a> {
     /// layout's steps where keys are widest (their size dominates the upload), from powers of
     /// two below.
     fn baby_steps(&self, level: usize) -> BabySteps {
-        if level >= self.wide_keys_from {
+        if level >= self.packing.wide_keys_from {
             BabySteps::Layout
         } else {
             BabySteps::Binary
@@ -636,28 +697,16 @@ impl<'a> Planner<'a> {
         let name = node.name.clone();
         let src = node.inputs[0];
         let steps = match &node.op {
-            Op::Conv2d(c) => {
-                let v = self.value_of(src);
-                let raw = v
-                    .layout
-                    .derive(
-                        c.out_channels,
-                        c.out_height,
-                        c.out_width,
-                        v.layout.gap() * c.stride,
-                    )
-                    .map_err(|e| PlanError::layout(&name, e))?;
-                self.linear_of[i] = Some((src, Operator::Conv(i)));
-                self.linear(i, &name, src, Operator::Conv(i), raw)
-            }
-            Op::Linear(l) => {
-                let v = self.value_of(src);
-                let raw = v
-                    .layout
-                    .derive(l.out_features, 1, 1, v.layout.gap())
-                    .map_err(|e| PlanError::layout(&name, e))?;
-                self.linear_of[i] = Some((src, Operator::Dense(i)));
-                self.linear(i, &name, src, Operator::Dense(i), raw)
+            Op::Conv2d(_) | Op::Linear(_) => {
+                let op = match node.op {
+                    Op::Conv2d(_) => Operator::Conv(i),
+                    _ => Operator::Dense(i),
+                };
+                let raw = self
+                    .output_layout(i, &self.value_of(src).layout)?
+                    .expect("a linear node");
+                self.linear_of[i] = Some((src, op.clone()));
+                self.linear(i, &name, src, op, raw)?
             }
             &Op::Quadratic { a, b, c } => self.activation(i, &name, src, a, b, c)?,
             Op::Relu => {
@@ -675,9 +724,55 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
+    /// The raw output layout of linear node `i` reading a value laid out as `input` (`None` for
+    /// other nodes).
+    fn output_layout(&self, i: usize, input: &SlotLayout) -> Result<Option<SlotLayout>, PlanError> {
+        let node = &self.model.nodes()[i];
+        let raw = match &node.op {
+            Op::Conv2d(c) => input.derive(
+                c.out_channels,
+                c.out_height,
+                c.out_width,
+                input.gap() * c.stride,
+            ),
+            Op::Linear(l) => input.derive(l.out_features, 1, 1, input.gap()),
+            _ => return Ok(None),
+        };
+        raw.map(Some).map_err(|e| PlanError::layout(&node.name, e))
+    }
+
+    /// Images per slot of a linear layer's output at `level` whose layout has `room` for
+    /// shifts: a batch pairs its images (real and imaginary parts) where the layout has no
+    /// idle slots, at `pair_to` and below. Its real weights then serve both images at once;
+    /// each activation costs one conjugation more (see [`Lanes`]).
+    fn lanes_for(&self, level: usize, room: &[usize]) -> usize {
+        let paired = self.packing.pair_to.is_some_and(|p| level <= p);
+        if self.batch >= 2 && room.len() == 1 && paired {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Whether an activation of node `node` on a paired value keeps its pairs: every linear
+    /// layer reading it writes pairs too (else each image continues alone).
+    fn keeps_pairs(&self, node: usize, v: &ValueInfo) -> Result<bool, PlanError> {
+        for (i, n) in self.model.nodes().iter().enumerate() {
+            if !n.inputs.contains(&Source::Node(node)) {
+                continue;
+            }
+            if let Some(raw) = self.output_layout(i, &v.layout)? {
+                if self.lanes_for(v.level - 1, &raw.batch_shifts(&v.room)) != 2 {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// A convolution or dense layer reading `src`, writing near `raw` (shifted to keep its
     /// rotation amounts small), output at exactly Delta one level down. The batch's images go
-    /// to as many shifts of the output layout as it has room for.
+    /// to as many shifts of the output layout as it has room for, or pair up.
     fn linear(
         &self,
         node: usize,
@@ -685,10 +780,11 @@ impl<'a> Planner<'a> {
         src: Source,
         op: Operator,
         raw: SlotLayout,
-    ) -> Vec<Step> {
+    ) -> Result<Vec<Step>, PlanError> {
         let v = self.value_of(src);
         let room = raw.batch_shifts(&v.room);
-        let shifts = room[..room.len().min(self.batch)].to_vec();
+        let lanes = self.lanes_for(v.level - 1, &room);
+        let shifts = room[..room.len().min(self.batch.div_ceil(lanes))].to_vec();
         let scale = if node == self.model.output() {
             self.delta * self.output_gain
         } else {
@@ -697,6 +793,7 @@ impl<'a> Planner<'a> {
         let target = ValueInfo {
             layout: raw,
             shifts,
+            lanes,
             room,
             level: v.level - 1,
             scale,
@@ -709,7 +806,9 @@ impl<'a> Planner<'a> {
     /// The steps of linear `op` reading `src` (multiplied by `mult`) into `target`'s layout,
     /// shifts, level and scale; with `free_offset`, `target.layout` is shifted to keep the
     /// rotation amounts small. Each output group sums one term per input group it draws images
-    /// from (several where the batch is merged into fewer ciphertexts).
+    /// from (several where the batch is merged into fewer ciphertexts). Pairs pass through
+    /// (real weights act on both lanes alike), and a term that moves an image into the
+    /// imaginary lane has its weights times `i` ([`LinearPlan::imag`]); a pair cannot part here.
     #[allow(clippy::too_many_arguments)]
     fn linear_steps(
         &self,
@@ -720,8 +819,14 @@ impl<'a> Planner<'a> {
         mult: f64,
         target: &ValueInfo,
         free_offset: bool,
-    ) -> Vec<Step> {
+    ) -> Result<Vec<Step>, PlanError> {
         let v = self.value_of(src);
+        if v.lanes > target.lanes {
+            return Err(PlanError::Layout {
+                node: name.to_string(),
+                detail: "a linear layer cannot part paired images".into(),
+            });
+        }
         let refs = self.refs(src);
         let plan = |output: SlotLayout, pairs: Vec<(usize, usize)>, free: bool| {
             LinearPlan::new(
@@ -735,14 +840,17 @@ impl<'a> Planner<'a> {
                 target.level + 1,
                 target.scale,
                 self.baby_steps(target.level + 1),
-                self.complex_to.is_some_and(|c| target.level < c),
+                self.packing.complex_to.is_some_and(|c| target.level < c)
+                    && v.lanes == 1
+                    && target.lanes == 1,
             )
         };
-        // (input group, output group, input shift, output shift) of every image
-        let places: Vec<(usize, usize, usize, usize)> = (0..self.batch)
+        // (input group, output group, input shift, output shift, into the imaginary lane) of
+        // every image
+        let places: Vec<(usize, usize, usize, usize, bool)> = (0..self.batch)
             .map(|j| {
                 let ((gi, di), (go, dout)) = (v.place_of(j), target.place_of(j));
-                (gi, go, di, dout)
+                (gi, go, di, dout, target.lane_of(j) > v.lane_of(j))
             })
             .collect();
         let output = if free_offset {
@@ -770,28 +878,34 @@ impl<'a> Planner<'a> {
         };
         let groups = self.batch.div_ceil(target.capacity());
         // one plan per distinct set of images: groups alike share it, diagonals included
-        let mut made: Vec<(Vec<(usize, usize)>, LinearPlan)> = Vec::new();
-        (0..groups)
+        let mut made: Vec<(TermImages, LinearPlan)> = Vec::new();
+        Ok((0..groups)
             .map(|go| {
                 let mut terms: Vec<(Ref, LinearPlan)> = Vec::new();
                 for (gi, &input) in refs.iter().enumerate() {
-                    let pairs: Vec<(usize, usize)> = places
-                        .iter()
-                        .filter(|p| p.0 == gi && p.1 == go)
-                        .map(|p| (p.2, p.3))
-                        .collect();
-                    if pairs.is_empty() {
-                        continue;
-                    }
-                    let lin = match made.iter().find(|(p, _)| *p == pairs) {
-                        Some((_, lin)) => lin.clone(),
-                        None => {
-                            let lin = plan(output.clone(), pairs.clone(), false);
-                            made.push((pairs, lin.clone()));
-                            lin
+                    for imag in [false, true] {
+                        let mut pairs: Vec<(usize, usize)> = places
+                            .iter()
+                            .filter(|p| p.0 == gi && p.1 == go && p.4 == imag)
+                            .map(|p| (p.2, p.3))
+                            .collect();
+                        // a pair's two images are one term
+                        pairs.dedup();
+                        if pairs.is_empty() {
+                            continue;
                         }
-                    };
-                    terms.push((input, lin));
+                        let key = (pairs, imag);
+                        let lin = match made.iter().find(|(k, _)| *k == key) {
+                            Some((_, lin)) => lin.clone(),
+                            None => {
+                                let mut lin = plan(output.clone(), key.0.clone(), false);
+                                lin.imag = imag;
+                                made.push((key, lin.clone()));
+                                lin
+                            }
+                        };
+                        terms.push((input, lin));
+                    }
                 }
                 let kind = if terms.len() == 1 {
                     let (input, lin) = terms.pop().expect("one term");
@@ -810,7 +924,7 @@ impl<'a> Planner<'a> {
                     value: value.clone(),
                 }
             })
-            .collect()
+            .collect())
     }
 
     /// `a*x^2 + b*x + c` as `a*(x + b/2a)^2 + (c - b^2/4a)`: one square, `a` and the constant
@@ -834,16 +948,39 @@ impl<'a> Planner<'a> {
         let m = v.mult;
         let beta: Vec<f64> = v.offset.iter().map(|o| o / m + b / (2.0 * a * m)).collect();
         let constant = c - b * b / (4.0 * a);
+        let lanes = match v.lanes {
+            1 => Lanes::One,
+            _ if self.keeps_pairs(node, v)? => Lanes::Both,
+            _ => Lanes::Take(0),
+        };
         let value = ValueInfo {
-            scale: v.scale * v.scale,
+            // a pair's parts come apart at twice the scale (`Evaluator::real_imag`)
+            scale: v.scale * v.scale * if lanes == Lanes::One { 1.0 } else { 4.0 },
             mult: a * m * m,
             offset: vec![constant; v.offset.len()],
+            lanes: if lanes == Lanes::Both { 2 } else { 1 },
             ..v.clone()
         };
         let refs = self.refs(src);
+        // parting a pair: output group g takes lane g % 2 of input group g / 2
+        let parts = if matches!(lanes, Lanes::Take(_)) {
+            if v.shifts.len() != 1 {
+                return Err(PlanError::Layout {
+                    node: name.to_string(),
+                    detail: "paired images beside shifted ones".into(),
+                });
+            }
+            v.lanes
+        } else {
+            1
+        };
         Ok(self.per_group(node, name, value, |g| StepKind::Activation {
-            input: refs[g],
+            input: refs[g / parts],
             beta: beta.clone(),
+            lanes: match lanes {
+                Lanes::Take(_) => Lanes::Take(g % parts),
+                l => l,
+            },
         }))
     }
 
@@ -913,6 +1050,7 @@ impl<'a> Planner<'a> {
         let deep_src = if shallow_src == nb { na } else { nb };
         let compatible = shallow.layout == deep.layout
             && shallow.shifts == deep.shifts
+            && shallow.lanes == deep.lanes
             && shallow.room == deep.room
             && scales_equal(shallow.scale, deep.scale)
             && (shallow.mult / deep.mult - 1.0).abs() < 1e-12;
@@ -927,7 +1065,7 @@ impl<'a> Planner<'a> {
             match self.sole_linear_reader(shallow_src) {
                 Some(j) => self.retarget(j, &deep, name)?,
                 None => {
-                    let moved = self.identity_move(node, name, shallow_src, &shallow, &deep);
+                    let moved = self.identity_move(node, name, shallow_src, &shallow, &deep)?;
                     let first = self.steps.len();
                     let moved_refs = (first..first + moved.len()).map(Ref::Step).collect();
                     self.steps.extend(moved);
@@ -968,7 +1106,7 @@ impl<'a> Planner<'a> {
         }
         let (node, step_name) = (first.node, first.name.clone());
         let mult = self.value_of(src).mult;
-        let mut new = self.linear_steps(node, &step_name, src, op, mult, target, false);
+        let mut new = self.linear_steps(node, &step_name, src, op, mult, target, false)?;
         if new.len() != old.len() {
             return Err(PlanError::Layout {
                 node: name.to_string(),
@@ -991,7 +1129,7 @@ impl<'a> Planner<'a> {
         src: Source,
         from: &ValueInfo,
         to: &ValueInfo,
-    ) -> Vec<Step> {
+    ) -> Result<Vec<Step>, PlanError> {
         let mut steps = self.linear_steps(
             node,
             &format!("{name}.shortcut"),
@@ -1000,11 +1138,11 @@ impl<'a> Planner<'a> {
             from.mult / to.mult,
             to,
             false,
-        );
+        )?;
         for st in &mut steps {
             st.value.offset = from.offset.clone();
         }
-        steps
+        Ok(steps)
     }
 }
 
