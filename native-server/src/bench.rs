@@ -9,7 +9,7 @@ use blindsight_client::{Client, ClientContract};
 use blindsight_core::{Ciphertext, CkksError, Context, EvaluationKeys, Evaluator};
 use serde::{Deserialize, Serialize};
 
-use crate::contract::client_contract;
+use crate::contract::server_contract;
 use crate::he::infer::{evaluate, evaluate_batch, present_steps, StepReport};
 use crate::he::plan::Plan;
 use crate::model::Model;
@@ -36,6 +36,8 @@ pub struct ImageResult {
 pub struct Session {
     pub ctx: Arc<Context>,
     pub plan: Plan,
+    /// The plan of the largest batch, which serves every smaller one (as the server's does).
+    pub batch_plan: Option<Plan>,
     pub contract: ClientContract,
     pub client: Client,
     pub keys: EvaluationKeys,
@@ -49,10 +51,11 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(model: &Model, params: &str) -> anyhow::Result<Self> {
+    /// Keys for jobs of one image and, with `max_batch` above 1, batches of up to `max_batch`
+    /// (the server's contract).
+    pub fn new(model: &Model, params: &str, max_batch: usize) -> anyhow::Result<Self> {
         let ctx = Context::named(params)?;
-        let plan = Plan::new(model, &ctx)?;
-        let contract = client_contract(model, &plan, &ctx)?;
+        let (plan, batch_plan, contract) = server_contract(model, &ctx, max_batch)?;
         let t0 = Instant::now();
         let client = Client::with_context(ctx.clone(), contract.clone())?;
         let mut keys = client.evaluation_keys()?;
@@ -62,6 +65,7 @@ impl Session {
         Ok(Self {
             ctx,
             plan,
+            batch_plan,
             contract,
             client,
             keys,

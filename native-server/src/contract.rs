@@ -88,15 +88,17 @@ pub fn client_contract(
 
 /// What a server evaluates and serves: the single-image plan, the plan of the largest batch (up
 /// to `max_batch` images, or as many as one output ciphertext holds; none for 1, or where a
-/// batch would need keys one image does not), and the contract describing both.
+/// batch would need a key the client would not upload for one image), and the contract
+/// describing both. Keys the server derives for the batch alone are added to the single
+/// plan's (they cost no upload).
 pub fn server_contract(
     model: &Model,
     ctx: &Context,
     max_batch: usize,
 ) -> Result<(Plan, Option<Plan>, ClientContract), PlanOrKeyError> {
-    let plan = Plan::new(model, ctx)?;
-    let mut contract = client_contract(model, &plan, ctx)?;
+    let mut plan = Plan::new(model, ctx)?;
     if max_batch < 2 {
+        let contract = client_contract(model, &plan, ctx)?;
         return Ok((plan, None, contract));
     }
     let mut largest = Plan::batched(model, ctx, max_batch)?;
@@ -104,6 +106,15 @@ pub fn server_contract(
     if largest.outputs.len() > 1 && room > 1 {
         largest = Plan::batched(model, ctx, room)?;
     }
+    let mut both = plan.clone();
+    both.cover_keys_of(&largest, ctx);
+    let same_upload = both.keys.uploaded == plan.keys.uploaded
+        && both.relin_level == plan.relin_level
+        && both.conj_level == plan.conj_level;
+    if same_upload {
+        plan = both;
+    }
+    let mut contract = client_contract(model, &plan, ctx)?;
     match add_batch(&mut contract, &plan, &largest) {
         Ok(()) => Ok((plan, Some(largest), contract)),
         Err(e) => {
@@ -128,11 +139,11 @@ pub enum PlanOrKeyError {
 /// no key the single image does not. The plan hash then covers the batch too.
 fn add_batch(contract: &mut ClientContract, single: &Plan, largest: &Plan) -> Result<(), String> {
     let out = largest.output_value();
-    if largest.outputs.len() != 1 || out.shifts.len() != largest.batch {
+    if largest.outputs.len() != 1 || out.capacity() < largest.batch {
         return Err(format!(
             "a batch of {} images does not fit one output ciphertext (at most {})",
             largest.batch,
-            out.shifts.len()
+            out.capacity()
         ));
     }
     if !largest.keys_covered_by(single) {
@@ -147,10 +158,9 @@ fn add_batch(contract: &mut ClientContract, single: &Plan, largest: &Plan) -> Re
     let slots = one.slots();
     contract.batch = BatchSpec {
         max: largest.batch,
-        shifts: out
-            .shifts
-            .iter()
-            .map(|&d| (d + many.offset() + slots - one.offset()) % slots)
+        // image j's logits, wherever the plan placed it
+        shifts: (0..largest.batch)
+            .map(|j| (out.place_of(j).1 + many.offset() + slots - one.offset()) % slots)
             .collect(),
     };
     contract.plan_hash = {

@@ -258,7 +258,7 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
         (forward(&model, &input)?, String::new())
     } else {
         let t0 = Instant::now();
-        let session = Session::new(&model, &args.params)?;
+        let session = Session::new(&model, &args.params, 1)?;
         let setup = t0.elapsed();
         let t1 = Instant::now();
         let ct = session.client.encrypt_tensor(&input)?;
@@ -572,7 +572,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         path.display(),
         args.params
     );
-    let mut session = Session::new(&model, &args.params)?;
+    let mut session = Session::new(&model, &args.params, args.batch as usize)?;
     session.check_layers = args.layer_errors;
     eprintln!(
         "keys: {:.2} s for the {} uploaded keys, {:.1} MB; {} more derived by the server in \
@@ -586,7 +586,11 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let steps = session.plan.steps.len() as u64;
     let bar = step_bar(steps * records.len() as u64, "images");
     let mut results = Vec::with_capacity(records.len());
-    let mut batch_plans: Vec<Plan> = Vec::new();
+    // the largest batch's plan serves every batch, as in the server
+    if args.batch > 1 && session.batch_plan.is_none() {
+        anyhow::bail!("this model and parameter set evaluate one image per job");
+    }
+    let batch = session.batch_plan.as_ref().map_or(1, |p| p.batch);
     let mut batch_results = Vec::new();
     for (k, rec) in records.iter().enumerate() {
         let input = rec.model_input(&model)?;
@@ -610,20 +614,13 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         }
         results.push(r);
         let done = k + 1;
-        let batch = args.batch as usize;
         if batch > 1 && (done % batch == 0 || done == records.len()) {
             let first = (done - 1) / batch * batch;
             let inputs = records[first..done]
                 .iter()
                 .map(|rec| rec.model_input(&model))
                 .collect::<Result<Vec<_>, _>>()?;
-            if !batch_plans.iter().any(|p| p.batch == inputs.len()) {
-                batch_plans.push(Plan::batched(&model, &session.ctx, inputs.len())?);
-            }
-            let plan = batch_plans
-                .iter()
-                .find(|p| p.batch == inputs.len())
-                .expect("planned above");
+            let plan = session.batch_plan.as_ref().expect("checked above");
             let b = session.run_batch(&model, plan, &inputs, |_, _| {})?;
             let line = format!(
                 "batch of images {}-{}: {:.2} s ({:.2} s an image), labels {:?}, logit error {:.1e}",
@@ -645,11 +642,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let mut report = bench::report(&session, &model, &results, threads)?;
     if !batch_results.is_empty() {
-        report.batch = Some(bench::batch_report(
-            &results,
-            &batch_results,
-            args.batch as usize,
-        ));
+        report.batch = Some(bench::batch_report(&results, &batch_results, batch));
     }
     print_stdout(&bench_table(&report))?;
     if let Some(file) = &args.json {

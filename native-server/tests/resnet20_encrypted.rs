@@ -35,7 +35,7 @@ fn encrypted_resnet20_matches_the_plaintext_model() {
             l[0] - l[1] > 4.0 * LOGIT_TOLERANCE
         })
         .expect("one of the first 8 test images has a clear margin");
-    let session = Session::new(&model, "N16_L39").unwrap();
+    let session = Session::new(&model, "N16_L39", 1).unwrap();
     let result = session
         .run(&model, &input, record.label, |_, _| {})
         .unwrap();

@@ -459,6 +459,70 @@ pub(crate) mod tests {
         assert!(single.steps.iter().all(|s| s.value.lanes == 1));
     }
 
+    /// A batch that fills a strided stage's shifts twice over pairs there too (8 images in one
+    /// ciphertext of 4 shifts), and parting the pairs before the next stage reorders the
+    /// images: each still reads back at its own place and matches the plaintext model.
+    #[test]
+    fn pairs_at_shifts_part_into_whole_ciphertexts() {
+        use super::infer::evaluate_batch;
+        let ctx = Context::named("N14_TEST").unwrap();
+        let model = mini_resnet(true);
+        let batch = 8;
+        let plan = Plan::batched(&model, &ctx, batch).unwrap();
+        let shifted_pairs = plan
+            .steps
+            .iter()
+            .filter(|s| s.value.lanes == 2 && s.value.shifts.len() > 1)
+            .count();
+        assert!(shifted_pairs > 0);
+        let out = plan.output_value();
+        assert_ne!(
+            out.images,
+            (0..batch).collect::<Vec<_>>(),
+            "parting reorders"
+        );
+        let mut places: Vec<(usize, usize)> = (0..batch).map(|j| out.place_of(j)).collect();
+        places.sort_unstable();
+        places.dedup();
+        assert_eq!(places.len(), batch, "one place per image");
+        let single = Plan::new(&model, &ctx).unwrap();
+        assert!(plan.keys_covered_by(&single));
+        let client =
+            Client::with_context(ctx.clone(), client_contract(&model, &single, &ctx).unwrap())
+                .unwrap();
+        let mut keys = client.evaluation_keys().unwrap();
+        single
+            .keys
+            .derive(&Evaluator::new(&ctx), &mut keys)
+            .unwrap();
+        let images: Vec<Vec<f64>> = (0..batch as u64)
+            .map(|j| {
+                weights(model.input_shape().size(), 500 + j, 1.8)
+                    .into_iter()
+                    .map(f64::from)
+                    .collect()
+            })
+            .collect();
+        let cts: Vec<_> = images
+            .iter()
+            .map(|x| client.encrypt_tensor(x).unwrap())
+            .collect();
+        let ev = Evaluator::new(&ctx);
+        let (outs, _) = evaluate_batch(&plan, &ev, &keys, &cts, |_, _, _, _| {}).unwrap();
+        for (j, image) in images.iter().enumerate() {
+            let (group, shift) = out.place_of(j);
+            let slots = client.decrypt_slots(&outs[group]).unwrap();
+            let got = out.layout.extract_shifted(&slots, shift).unwrap();
+            let want = plain::forward(&model, image).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() < LAYER_TOLERANCE,
+                    "image {j}: {got:?} vs {want:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_batch_of_one_is_the_single_image_plan() {
         let ctx = Context::named("N14_TEST").unwrap();

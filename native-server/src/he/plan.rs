@@ -63,6 +63,10 @@ pub struct ValueInfo {
     pub shifts: Vec<usize>,
     /// Images per slot: 1, or 2 (real and imaginary parts).
     pub lanes: usize,
+    /// The image at each place of the batch, places in order of group, then shift, then lane:
+    /// `0..batch` unless a parted pair reordered them (see [`Lanes::Take`]); later values
+    /// keep the order, so each image keeps its distance from its input.
+    pub images: Vec<usize>,
     /// Every shift the layout has room for (`shifts` is its first `min(batch, room)`): batches
     /// of every size place their outputs as a full one would, so they need no other keys.
     pub room: Vec<usize>,
@@ -79,15 +83,21 @@ impl ValueInfo {
         self.shifts.len() * self.lanes
     }
 
+    /// The place of image `j` (`j` itself unless reordered).
+    fn place(&self, j: usize) -> usize {
+        self.images.iter().position(|&i| i == j).unwrap_or(j)
+    }
+
     /// The group (ciphertext) and shift of image `j`.
     pub fn place_of(&self, j: usize) -> (usize, usize) {
-        let k = j % self.capacity();
-        (j / self.capacity(), self.shifts[k / self.lanes])
+        let p = self.place(j);
+        let k = p % self.capacity();
+        (p / self.capacity(), self.shifts[k / self.lanes])
     }
 
     /// The lane of image `j`: 0 for the real part of its slots, 1 for the imaginary part.
     pub fn lane_of(&self, j: usize) -> usize {
-        j % self.capacity() % self.lanes
+        self.place(j) % self.capacity() % self.lanes
     }
 }
 
@@ -382,6 +392,25 @@ impl Plan {
             && self.conj_level <= other.conj_level
     }
 
+    /// Extends this plan's keys to serve `other` too (a session makes one set of keys for jobs
+    /// of one image and of several): the union of their rotation uses, relinearization and
+    /// conjugation levels, split again between client and server.
+    pub fn cover_keys_of(&mut self, other: &Plan, ctx: &Context) {
+        let pair_to = Packing::of(ctx.params()).pair_to;
+        let (mut uses, relin, conj) = keys_needed(&self.steps, pair_to);
+        let (more, other_relin, other_conj) = keys_needed(&other.steps, pair_to);
+        for (a, levels) in more {
+            uses.entry(a).or_default().extend(levels);
+        }
+        self.rotations = uses
+            .iter()
+            .map(|(&a, levels)| (a, *levels.last().expect("an amount is used somewhere")))
+            .collect();
+        self.keys = KeyPlan::new(ctx, &uses);
+        self.relin_level = relin.max(other_relin);
+        self.conj_level = conj.max(other_conj);
+    }
+
     /// Plans `model` for one image at a time.
     pub fn new(model: &Model, ctx: &Context) -> Result<Self, PlanError> {
         Self::batched(model, ctx, 1)
@@ -425,6 +454,7 @@ impl Plan {
                 layout: input.clone(),
                 shifts: vec![0],
                 lanes: 1,
+                images: (0..batch).collect(),
                 room: vec![0],
                 level: input_level,
                 scale: input_scale,
@@ -742,12 +772,14 @@ impl<'a> Planner<'a> {
     }
 
     /// Images per slot of a linear layer's output at `level` whose layout has `room` for
-    /// shifts: a batch pairs its images (real and imaginary parts) where the layout has no
-    /// idle slots, at `pair_to` and below. Its real weights then serve both images at once;
-    /// each activation costs one conjugation more (see [`Lanes`]).
+    /// shifts: a batch pairs its images (real and imaginary parts) at `pair_to` and below
+    /// where the layout has no idle slots, or where the batch fills its shifts twice over (so
+    /// that parting the pairs leaves whole ciphertexts). Its real weights then serve both
+    /// images at once; each activation costs one conjugation more (see [`Lanes`]).
     fn lanes_for(&self, level: usize, room: &[usize]) -> usize {
         let paired = self.packing.pair_to.is_some_and(|p| level <= p);
-        if self.batch >= 2 && room.len() == 1 && paired {
+        let fits = room.len() == 1 || self.batch.is_multiple_of(2 * room.len());
+        if self.batch >= 2 && fits && paired {
             2
         } else {
             1
@@ -756,18 +788,33 @@ impl<'a> Planner<'a> {
 
     /// Whether an activation of node `node` on a paired value keeps its pairs: every linear
     /// layer reading it writes pairs too (else each image continues alone).
+    /// A pooling or a residual add passes the pairs on to its readers; an activation decides
+    /// for itself.
     fn keeps_pairs(&self, node: usize, v: &ValueInfo) -> Result<bool, PlanError> {
         for (i, n) in self.model.nodes().iter().enumerate() {
             if !n.inputs.contains(&Source::Node(node)) {
                 continue;
             }
-            if let Some(raw) = self.output_layout(i, &v.layout)? {
-                if self.lanes_for(v.level - 1, &raw.batch_shifts(&v.room)) != 2 {
-                    return Ok(false);
-                }
+            let keeps = match self.output_layout(i, &v.layout)? {
+                Some(raw) => self.linear_lanes(i, v.level - 1, &raw.batch_shifts(&v.room)) == 2,
+                None if matches!(n.op, Op::Quadratic { .. }) => true,
+                None => self.keeps_pairs(i, v)?,
+            };
+            if !keeps {
+                return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// [`Planner::lanes_for`] the output of linear node `i`: the model's output (the logits,
+    /// which the client reads from the real parts) is never paired.
+    fn linear_lanes(&self, i: usize, level: usize, room: &[usize]) -> usize {
+        if i == self.model.output() {
+            1
+        } else {
+            self.lanes_for(level, room)
+        }
     }
 
     /// A convolution or dense layer reading `src`, writing near `raw` (shifted to keep its
@@ -783,7 +830,7 @@ impl<'a> Planner<'a> {
     ) -> Result<Vec<Step>, PlanError> {
         let v = self.value_of(src);
         let room = raw.batch_shifts(&v.room);
-        let lanes = self.lanes_for(v.level - 1, &room);
+        let lanes = self.linear_lanes(node, v.level - 1, &room);
         let shifts = room[..room.len().min(self.batch.div_ceil(lanes))].to_vec();
         let scale = if node == self.model.output() {
             self.delta * self.output_gain
@@ -794,6 +841,7 @@ impl<'a> Planner<'a> {
             layout: raw,
             shifts,
             lanes,
+            images: v.images.clone(),
             room,
             level: v.level - 1,
             scale,
@@ -953,7 +1001,7 @@ impl<'a> Planner<'a> {
             _ if self.keeps_pairs(node, v)? => Lanes::Both,
             _ => Lanes::Take(0),
         };
-        let value = ValueInfo {
+        let mut value = ValueInfo {
             // a pair's parts come apart at twice the scale (`Evaluator::real_imag`)
             scale: v.scale * v.scale * if lanes == Lanes::One { 1.0 } else { 4.0 },
             mult: a * m * m,
@@ -962,14 +1010,25 @@ impl<'a> Planner<'a> {
             ..v.clone()
         };
         let refs = self.refs(src);
-        // parting a pair: output group g takes lane g % 2 of input group g / 2
+        // parting a pair: output group g takes lane g % 2 of input group g / 2, its images in
+        // their shifts' order
         let parts = if matches!(lanes, Lanes::Take(_)) {
-            if v.shifts.len() != 1 {
+            let ns = v.shifts.len();
+            let places = self.batch.div_ceil(v.capacity()) * v.capacity();
+            let mut images = vec![usize::MAX; places];
+            for (p, &image) in v.images.iter().enumerate() {
+                let (g, s, l) = (p / v.capacity(), p % v.capacity() / 2, p % 2);
+                images[(2 * g + l) * ns + s] = image;
+            }
+            let filled = images.iter().take_while(|&&i| i != usize::MAX).count();
+            images.truncate(filled);
+            if filled != self.batch {
                 return Err(PlanError::Layout {
                     node: name.to_string(),
-                    detail: "paired images beside shifted ones".into(),
+                    detail: "parted pairs leave a ciphertext part-filled".into(),
                 });
             }
+            value.images = images;
             v.lanes
         } else {
             1
@@ -1051,6 +1110,7 @@ impl<'a> Planner<'a> {
         let compatible = shallow.layout == deep.layout
             && shallow.shifts == deep.shifts
             && shallow.lanes == deep.lanes
+            && shallow.images == deep.images
             && shallow.room == deep.room
             && scales_equal(shallow.scale, deep.scale)
             && (shallow.mult / deep.mult - 1.0).abs() < 1e-12;
