@@ -149,21 +149,11 @@ pub fn apply_sum(
             return Ok(None);
         }
         let mut pts = Vec::with_capacity(items.len());
-        if first.complex {
-            for (t, d) in &items {
-                pts.push(SmallPlaintext::encode_complex(
-                    ctx,
-                    &d.expand(slots),
-                    &d.expand_imag(slots),
-                    first.level,
-                    t.pt_scale,
-                )?);
-            }
-            return ev.dot_small_plain(&baby_inputs(&items), &pts).map(Some);
-        }
-        // a term into the imaginary lane: complex diagonals; the rest two real ones per transform
-        let (cplx, items): (Vec<_>, Vec<_>) =
-            items.into_iter().partition(|(_, d)| !d.imag.is_empty());
+        // complex packing, or a term into the imaginary lane: complex diagonals; the rest two
+        // real ones per transform
+        let (cplx, items): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|(_, d)| first.complex || !d.imag.is_empty());
         for (t, d) in &cplx {
             pts.push(SmallPlaintext::encode_complex(
                 ctx,

@@ -293,6 +293,39 @@ pub(crate) mod tests {
         }
     }
 
+    /// A client with the keys of `plan` (derived ones included) and `count` test images
+    /// (seeds from `seed`), each encrypted.
+    fn encrypted_images(
+        model: &Model,
+        ctx: &Arc<Context>,
+        plan: &Plan,
+        count: usize,
+        seed: u64,
+    ) -> (
+        Client,
+        blindsight_core::EvaluationKeys,
+        Vec<Vec<f64>>,
+        Vec<blindsight_core::Ciphertext>,
+    ) {
+        let client =
+            Client::with_context(ctx.clone(), client_contract(model, plan, ctx).unwrap()).unwrap();
+        let mut keys = client.evaluation_keys().unwrap();
+        plan.keys.derive(&Evaluator::new(ctx), &mut keys).unwrap();
+        let images: Vec<Vec<f64>> = (0..count as u64)
+            .map(|j| {
+                weights(model.input_shape().size(), seed + j, 1.8)
+                    .into_iter()
+                    .map(f64::from)
+                    .collect()
+            })
+            .collect();
+        let cts = images
+            .iter()
+            .map(|x| client.encrypt_tensor(x).unwrap())
+            .collect();
+        (client, keys, images, cts)
+    }
+
     /// A batch shares ciphertexts where the layouts leave room (here the stride-2 stage holds
     /// four images per ciphertext), and every image's logits still match the plaintext model.
     /// Five images: one full group and one with a single image.
@@ -330,23 +363,7 @@ pub(crate) mod tests {
         );
         // the batch needs no key the single image does not
         assert!(plan.keys_covered_by(&single));
-        let client =
-            Client::with_context(ctx.clone(), client_contract(&model, &plan, &ctx).unwrap())
-                .unwrap();
-        let mut keys = client.evaluation_keys().unwrap();
-        plan.keys.derive(&Evaluator::new(&ctx), &mut keys).unwrap();
-        let images: Vec<Vec<f64>> = (0..batch as u64)
-            .map(|j| {
-                weights(model.input_shape().size(), 300 + j, 1.8)
-                    .into_iter()
-                    .map(f64::from)
-                    .collect()
-            })
-            .collect();
-        let cts: Vec<_> = images
-            .iter()
-            .map(|x| client.encrypt_tensor(x).unwrap())
-            .collect();
+        let (client, keys, images, cts) = encrypted_images(&model, &ctx, &plan, batch, 300);
         let ev = Evaluator::new(&ctx);
         let (outs, _) = evaluate_batch(&plan, &ev, &keys, &cts, |_, _, _, _| {}).unwrap();
         assert_eq!(outs.len(), plan.outputs.len());
@@ -487,26 +504,7 @@ pub(crate) mod tests {
         assert_eq!(places.len(), batch, "one place per image");
         let single = Plan::new(&model, &ctx).unwrap();
         assert!(plan.keys_covered_by(&single));
-        let client =
-            Client::with_context(ctx.clone(), client_contract(&model, &single, &ctx).unwrap())
-                .unwrap();
-        let mut keys = client.evaluation_keys().unwrap();
-        single
-            .keys
-            .derive(&Evaluator::new(&ctx), &mut keys)
-            .unwrap();
-        let images: Vec<Vec<f64>> = (0..batch as u64)
-            .map(|j| {
-                weights(model.input_shape().size(), 500 + j, 1.8)
-                    .into_iter()
-                    .map(f64::from)
-                    .collect()
-            })
-            .collect();
-        let cts: Vec<_> = images
-            .iter()
-            .map(|x| client.encrypt_tensor(x).unwrap())
-            .collect();
+        let (client, keys, images, cts) = encrypted_images(&model, &ctx, &single, batch, 500);
         let ev = Evaluator::new(&ctx);
         let (outs, _) = evaluate_batch(&plan, &ev, &keys, &cts, |_, _, _, _| {}).unwrap();
         for (j, image) in images.iter().enumerate() {
