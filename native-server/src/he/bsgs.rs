@@ -18,7 +18,10 @@
 //! `d_g - i*rot_G(d_(g+1))` then does the work of two real ones, the Horner chain steps by `2G`
 //! with half the terms, and the real part of the result, `(acc + conj(acc))/2`, drops the
 //! imaginary cross terms exactly and spends no level: half the plaintext products and giant
-//! rotations for one rotation and one conjugation more.
+//! rotations for one rotation and one conjugation more. Above the levels whose keys the server
+//! derives there is no key for `2G`; the chain then takes two rotations by `G` a term
+//! (`split_step`), and the halved products still pay (at N16_L39 levels 16-19, 0.8-0.9x a real
+//! layer's time); above the conjugation key's level the real part is taken after the rescale.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -70,6 +73,14 @@ pub struct LinearPlan {
     pub giants: usize,
     /// Complex packing (see the module doc): two giant steps per Horner term.
     pub complex: bool,
+    /// Complex packing above the levels whose keys the server derives: no key rotates by the
+    /// Horner step `2G` there, so the chain takes two rotations by `G` per term (the products
+    /// still halve, which is most of a layer's work at those levels).
+    pub split_step: bool,
+    /// Complex packing above the conjugation key's level: the real part is taken after the
+    /// rescale, one level lower, where that key serves (its switching error then stays at the
+    /// output's scale, that of one more rotation in the next layer).
+    pub real_after_rescale: bool,
     /// The weights times `i`: the term moves a one-image input into the imaginary lane of a
     /// paired output (see `plan::Lanes`).
     pub imag: bool,
@@ -160,6 +171,8 @@ impl LinearPlan {
             giant,
             giants,
             complex,
+            split_step: false,
+            real_after_rescale: false,
             imag: false,
             babies,
             tree,
@@ -187,6 +200,22 @@ impl LinearPlan {
         self.giant * self.fold()
     }
 
+    /// The Horner chain's keyed rotation and how many of it make one step (see
+    /// [`LinearPlan::split_step`]).
+    pub fn horner_rotation(&self) -> (usize, usize) {
+        if self.split_step {
+            (self.giant, self.fold())
+        } else {
+            (self.horner_step(), 1)
+        }
+    }
+
+    /// The level of the conjugation this layer takes, if any.
+    pub fn conjugation_level(&self) -> Option<usize> {
+        self.complex
+            .then(|| self.level - usize::from(self.real_after_rescale))
+    }
+
     /// Terms of the Horner chain.
     pub fn horner_terms(&self) -> usize {
         self.giants.div_ceil(self.fold())
@@ -202,7 +231,7 @@ impl LinearPlan {
     pub fn rotation_amounts(&self) -> Vec<usize> {
         let mut v: Vec<usize> = self.tree.iter().skip(1).map(|t| t.step).collect();
         if self.horner_terms() > 1 {
-            v.push(self.horner_step());
+            v.push(self.horner_rotation().0);
         }
         if self.packs_imaginary() {
             v.push(self.giant);
@@ -225,6 +254,8 @@ impl LinearPlan {
             && self.out_scale == other.out_scale
             && self.giant == other.giant
             && self.complex == other.complex
+            && self.split_step == other.split_step
+            && self.real_after_rescale == other.real_after_rescale
             && self.input.slots() == other.input.slots()
     }
 }
@@ -237,8 +268,13 @@ pub fn sum_rotation_count(plans: &[&LinearPlan]) -> usize {
         .map(|p| p.tree.len() - 1 + usize::from(p.packs_imaginary()))
         .sum();
     let terms = plans.iter().map(|p| p.horner_terms()).max().unwrap_or(1);
+    let per_term = plans
+        .iter()
+        .map(|p| p.horner_rotation().1)
+        .max()
+        .unwrap_or(1);
     let conj = usize::from(plans.iter().any(|p| p.complex));
-    babies + terms - 1 + conj
+    babies + (terms - 1) * per_term + conj
 }
 
 /// Calls `f(amount, output slot, weight)` for every term of the map, for every image of `pairs`

@@ -192,20 +192,25 @@ pub fn apply_sum(
     // the next term: the two jobs keep both cores busy where a key switch alone does not,
     // and only one term is alive at a time. The accumulator stays raised by the key's special
     // modulus from its first rotation on and is divided once at the end (`RaisedCiphertext`).
-    let step = first.horner_step() as i64;
+    let (step, times) = first.horner_rotation();
+    let step = step as i64;
+    let rotate = |acc: &Horner| -> Result<Horner, CkksError> {
+        let mut r = match acc {
+            Horner::Empty => return Ok(Horner::Empty),
+            Horner::Plain(a) => ev.rotate_raising(a, step, keys)?,
+            Horner::Raised(a) => ev.rotate_raised(a, step, keys)?,
+        };
+        for _ in 1..times {
+            r = ev.rotate_raised(&r, step, keys)?;
+        }
+        Ok(Horner::Raised(r))
+    };
     let mut acc = Horner::Empty;
     for g in (0..giants).rev() {
-        let (rotated, term) = rayon::join(
-            || match &acc {
-                Horner::Empty => Ok(Horner::Empty),
-                Horner::Plain(a) => ev.rotate_raising(a, step, keys).map(Horner::Raised),
-                Horner::Raised(a) => ev.rotate_raised(a, step, keys).map(Horner::Raised),
-            },
-            || giant_term(g),
-        );
+        let (rotated, term) = rayon::join(|| rotate(&acc), || giant_term(g));
         let (rotated, term) = (rotated?, term?);
         if !matches!(rotated, Horner::Empty) {
-            counts.rotations += 1;
+            counts.rotations += times;
         }
         acc = match (rotated, term) {
             (Horner::Raised(mut r), Some(t)) => {
@@ -222,14 +227,18 @@ pub fn apply_sum(
         Horner::Raised(acc) => ev.lower(&acc),
         Horner::Empty => ev.zero(first.level, first.out_scale * q / first.fold() as f64)?,
     };
-    if first.complex {
-        // the real part before the rescale: the key switch's error is then divided by q with
-        // the rest
+    if first.complex && !first.real_after_rescale {
+        // the real part before the rescale where the key serves: the key switch's error is
+        // then divided by q with the rest
         acc = ev.real_part(&acc, keys)?;
         counts.rotations += 1;
     }
     counts.rescales += 1;
     ev.rescale_assign(&mut acc)?;
+    if first.complex && first.real_after_rescale {
+        acc = ev.real_part(&acc, keys)?;
+        counts.rotations += 1;
+    }
     // the rescale divides by q exactly; pin the bookkeeping to the planned value it equals
     acc.pin_scale(first.out_scale)?;
     Ok(acc)

@@ -176,9 +176,17 @@ pub(crate) mod tests {
     /// Every step's decrypted value (mult * slots + offset) against the plaintext node output, and
     /// the logits against the plaintext logits.
     fn check_against_plaintext(model: &Model, ctx: &Arc<Context>, tolerance: f64) {
-        let plan = Plan::new(model, ctx).unwrap();
+        check_plan_against_plaintext(model, &Plan::new(model, ctx).unwrap(), ctx, tolerance);
+    }
+
+    fn check_plan_against_plaintext(
+        model: &Model,
+        plan: &Plan,
+        ctx: &Arc<Context>,
+        tolerance: f64,
+    ) {
         let client =
-            Client::with_context(ctx.clone(), client_contract(model, &plan, ctx).unwrap()).unwrap();
+            Client::with_context(ctx.clone(), client_contract(model, plan, ctx).unwrap()).unwrap();
         let mut keys = client.evaluation_keys().unwrap();
         plan.keys.derive(&Evaluator::new(ctx), &mut keys).unwrap();
         let input: Vec<f64> = weights(model.input_shape().size(), 77, 1.8)
@@ -189,7 +197,7 @@ pub(crate) mod tests {
         let ct = client.encrypt_tensor(&input).unwrap();
         let ev = Evaluator::new(ctx);
         let mut worst = Vec::new();
-        let (out, _) = evaluate(&plan, &ev, &keys, &ct, |i, _, value| {
+        let (out, _) = evaluate(plan, &ev, &keys, &ct, |i, _, value| {
             let step = &plan.steps[i - 1];
             if step.name.ends_with(".shortcut") {
                 return;
@@ -229,33 +237,74 @@ pub(crate) mod tests {
         check_against_plaintext(&mini_resnet(true), &ctx, LAYER_TOLERANCE);
     }
 
-    /// The levels whose rotation keys the server derives pack complex, the others real; the
-    /// conjugation key is asked for the highest complex level. Both kinds meet in the
-    /// evaluations that match the plaintext above (and in the batch below).
-    #[test]
-    fn complex_packing_covers_the_derivable_levels() {
+    /// The kinds of linear layer a plan at `levels` (derived keys to, pairs and conjugation
+    /// key to) has: real, complex, complex with split Horner steps, complex with the real part
+    /// after the rescale. Checks each layer against the rules of [`Plan`]'s packing.
+    fn layer_kinds(plan: &Plan, ctx: &Context, levels: Option<(usize, usize)>) -> [bool; 4] {
         use super::bsgs::LinearPlan;
-        let ctx = Context::named("N14_TEST").unwrap();
-        let plan = Plan::new(&mini_resnet(true), &ctx).unwrap();
+        let (derived_to, pair_to) = levels.unwrap_or_else(|| {
+            let p = ctx.params();
+            let d = (0..=p.max_level())
+                .rev()
+                .find(|&l| p.derived_layout(l).is_some());
+            (d.unwrap(), plan.conj_level.unwrap())
+        });
         let lins: Vec<&LinearPlan> = plan
             .steps
             .iter()
             .flat_map(|s| s.kind.linear_plans())
             .collect();
-        let top = lins.iter().filter(|l| l.complex).map(|l| l.level).max();
-        assert!(top.is_some() && lins.iter().any(|l| !l.complex));
-        assert!(lins.iter().any(|l| l.packs_imaginary()));
-        // the key serves complex packing, and a batch's pairs where those sit higher
-        assert!(plan.conj_level >= top);
+        let mut kinds = [false; 4];
         for l in &lins {
-            assert_eq!(l.complex, Some(l.level) <= top);
-            assert_eq!(l.complex, ctx.params().derived_layout(l.level).is_some());
+            // one image packs complex up to one level above the conjugation key
+            assert_eq!(l.complex, l.level <= pair_to + 1, "level {}", l.level);
+            assert!(l.conjugation_level() <= plan.conj_level);
+            assert_eq!(l.split_step, l.complex && l.level > derived_to);
+            assert_eq!(l.real_after_rescale, l.complex && l.level > pair_to);
+            // the Horner chain's key: 2G only where the server derives it
+            if l.horner_terms() > 1 {
+                let keyed = l.rotation_amounts().contains(&(2 * l.giant));
+                assert_eq!(keyed, l.complex && !l.split_step, "level {}", l.level);
+            }
+            kinds[0] |= !l.complex;
+            kinds[1] |= l.complex && !l.split_step && !l.real_after_rescale;
+            kinds[2] |= l.split_step;
+            kinds[3] |= l.real_after_rescale;
             assert_eq!(l.horner_terms(), l.giants.div_ceil(l.fold()));
             assert!(l.diags().iter().all(|d| d.giant < l.horner_terms()));
             // odd giant steps ride in imaginary parts, and only there
             let imag = l.diags().iter().any(|d| !d.imag.is_empty());
             assert_eq!(imag, l.complex && l.giants > 1, "level {}", l.level);
         }
+        kinds
+    }
+
+    /// With the set's own levels every layer of the mini ResNet packs complex, the highest
+    /// with split Horner steps (the evaluations above run this plan).
+    #[test]
+    fn complex_packing_follows_the_keys() {
+        let ctx = Context::named("N14_TEST").unwrap();
+        let plan = Plan::new(&mini_resnet(true), &ctx).unwrap();
+        let [_, complex, split, _] = layer_kinds(&plan, &ctx, None);
+        assert!(complex && split);
+    }
+
+    /// Lower packing levels give the other kinds (real layers, the real part after the
+    /// rescale), each evaluated against the plaintext model.
+    #[test]
+    fn every_kind_of_linear_layer_matches_plaintext() {
+        let ctx = Context::named("N14_TEST").unwrap();
+        let model = mini_resnet(true);
+        let mut seen = [false; 4];
+        for (derived_to, pair_to) in [(2, 3), (1, 1)] {
+            let plan = Plan::with_packing_levels(&model, &ctx, 1, derived_to, pair_to).unwrap();
+            let kinds = layer_kinds(&plan, &ctx, Some((derived_to, pair_to)));
+            for (s, k) in seen.iter_mut().zip(kinds) {
+                *s |= k;
+            }
+            check_plan_against_plaintext(&model, &plan, &ctx, LAYER_TOLERANCE);
+        }
+        assert_eq!(seen, [true; 4]);
     }
 
     #[test]

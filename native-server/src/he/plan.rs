@@ -419,6 +419,32 @@ impl Plan {
     /// Plans `model` for `ctx` and `batch` images evaluated together; errors if the model is not
     /// made of supported layers, does not fit one ciphertext, or is deeper than the set's levels.
     pub fn batched(model: &Model, ctx: &Context, batch: usize) -> Result<Self, PlanError> {
+        Self::packed(model, ctx, batch, Packing::of(ctx.params()))
+    }
+
+    /// [`Plan::batched`] with complex packing and pairs at other levels than the set's keys
+    /// give: tests reach every kind of layer (real, split Horner steps, the real part after the
+    /// rescale) with the small sets.
+    #[cfg(test)]
+    pub(crate) fn with_packing_levels(
+        model: &Model,
+        ctx: &Context,
+        batch: usize,
+        derived_to: usize,
+        pair_to: usize,
+    ) -> Result<Self, PlanError> {
+        let mut packing = Packing::of(ctx.params());
+        packing.derived_to = Some(derived_to);
+        packing.pair_to = Some(pair_to);
+        Self::packed(model, ctx, batch, packing)
+    }
+
+    fn packed(
+        model: &Model,
+        ctx: &Context,
+        batch: usize,
+        packing: Packing,
+    ) -> Result<Self, PlanError> {
         if batch == 0 {
             return Err(PlanError::Output("an empty batch".into()));
         }
@@ -443,7 +469,6 @@ impl Plan {
         let input = SlotLayout::dense(channels, height, width, params.slots())
             .map_err(|e| PlanError::layout("input", e))?;
         let (input_level, input_scale) = (total, delta * delta);
-        let packing = Packing::of(params);
         let mut planner = Planner::new(
             model,
             delta,
@@ -569,9 +594,7 @@ fn keys_needed(steps: &[Step], pair_to: Option<usize>) -> KeysNeeded {
             for a in lin.rotation_amounts() {
                 note(a, lin.level);
             }
-            if lin.complex {
-                conj_level = conj_level.max(Some(lin.level));
-            }
+            conj_level = conj_level.max(lin.conjugation_level());
         }
         match &st.kind {
             StepKind::Pool { amounts, .. } => {
@@ -601,11 +624,13 @@ struct Packing {
     /// The lowest level whose keys have more than one digit: baby trees with fewer keys there
     /// (those keys are the largest).
     wide_keys_from: usize,
-    /// The highest level of complex packing, if any: where the server derives the rotation
-    /// keys (its Horner step 2G among them), so that its one new upload is the conjugation key.
-    complex_to: Option<usize>,
-    /// The highest level at which a batch pairs images ([`Planner::lanes_for`]): from where
-    /// the conjugation key still fits the upload (see [`PAIR_LEVELS_ABOVE_COMPLEX`]).
+    /// The highest level whose rotation keys the server derives, if any: complex packing's
+    /// Horner step 2G has a key there and below, and is two rotations by G above.
+    derived_to: Option<usize>,
+    /// The highest level at which a batch pairs images ([`Planner::lanes_for`]), and the
+    /// conjugation key's: from where that key still fits the upload (see
+    /// [`PAIR_LEVELS_ABOVE_COMPLEX`]). One image packs complex up to one level above it, the
+    /// real part then taken after the rescale.
     pair_to: Option<usize>,
 }
 
@@ -614,14 +639,14 @@ impl Packing {
         let wide_keys_from = (0..=params.max_level())
             .find(|&l| params.digits_at(l) > 1)
             .unwrap_or(usize::MAX);
-        let complex_to = (0..=params.max_level())
+        let derived_to = (0..=params.max_level())
             .rev()
             .find(|&l| params.derived_layout(l).is_some());
-        let pair_to = complex_to
+        let pair_to = derived_to
             .map(|c| (c + PAIR_LEVELS_ABOVE_COMPLEX).min(params.max_level().saturating_sub(1)));
         Self {
             wide_keys_from,
-            complex_to,
+            derived_to,
             pair_to,
         }
     }
@@ -876,8 +901,12 @@ impl<'a> Planner<'a> {
             });
         }
         let refs = self.refs(src);
+        let level = target.level + 1;
+        let complex = self.packing.pair_to.is_some_and(|p| target.level <= p)
+            && v.lanes == 1
+            && target.lanes == 1;
         let plan = |output: SlotLayout, pairs: Vec<(usize, usize)>, free: bool| {
-            LinearPlan::new(
+            let mut lin = LinearPlan::new(
                 self.model,
                 op.clone(),
                 mult,
@@ -885,13 +914,14 @@ impl<'a> Planner<'a> {
                 output,
                 pairs,
                 free,
-                target.level + 1,
+                level,
                 target.scale,
-                self.baby_steps(target.level + 1),
-                self.packing.complex_to.is_some_and(|c| target.level < c)
-                    && v.lanes == 1
-                    && target.lanes == 1,
-            )
+                self.baby_steps(level),
+                complex,
+            );
+            lin.split_step = complex && self.packing.derived_to.is_none_or(|d| level > d);
+            lin.real_after_rescale = complex && self.packing.pair_to.is_none_or(|p| level > p);
+            lin
         };
         // (input group, output group, input shift, output shift, into the imaginary lane) of
         // every image
