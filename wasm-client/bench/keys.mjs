@@ -45,7 +45,7 @@ for (let k = 0; k < client.keyCount(); k++) {
   const [t, bytes] = time(() => client.makeKey(k))
   if (bytes.length !== spec.bytes) throw new Error(`key ${k}: ${bytes.length} bytes, the contract says ${spec.bytes}`)
   total += t
-  const what = spec.kind === 'relin' ? 'relin' : `rot ${spec.amount}`
+  const what = spec.kind === 'rotation' ? `rot ${spec.amount}` : spec.kind === 'conjugation' ? 'conj' : spec.kind
   console.log(`${String(k).padStart(3)}  ${what.padEnd(9)} ${String(spec.level).padStart(5)} ${mb(spec.bytes).padStart(7)} ${ms(t)}`)
 }
 console.log(`all keys, one at a time                 ${ms(total)} ms (${(client.keyBytesTotal / 1e6 / (total / 1e3)).toFixed(1)} MB/s)`)
