@@ -13,7 +13,7 @@ use blindsight_server::api::{AppState, ServeConfig};
 use blindsight_server::bench::{self, BenchReport, Session};
 use blindsight_server::cifar;
 use blindsight_server::contract::client_contract;
-use blindsight_server::he::bsgs::sum_rotation_count;
+use blindsight_server::he::bsgs::{sum_rotation_count, LinearPlan};
 use blindsight_server::he::infer::evaluate;
 use blindsight_server::he::plan::{Plan, StepKind};
 use blindsight_server::image_input::model_input;
@@ -756,7 +756,7 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
         );
     }
     s += &format!(
-        "{:<24} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6} {:>4}  layout\n",
+        "{:<24} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6} {:>9}  layout\n",
         if batched { "step [group]" } else { "step" },
         "kind",
         "level",
@@ -768,14 +768,14 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
     );
     let (mut rots, mut diags) = (0, 0);
     for st in &plan.steps {
-        let (kind, b, g, r, d, complex) = match &st.kind {
+        let (kind, b, g, r, d, pack) = match &st.kind {
             StepKind::Linear { lin, .. } => (
                 "linear",
                 lin.babies.len(),
                 lin.giants,
                 lin.rotation_count(),
                 lin.diags().len(),
-                lin.complex,
+                pack_label(&[lin]),
             ),
             StepKind::LinearSum { terms } => {
                 let plans: Vec<_> = terms.iter().map(|(_, l)| l).collect();
@@ -785,18 +785,14 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
                     plans.iter().map(|l| l.giants).max().unwrap_or(0),
                     sum_rotation_count(&plans),
                     plans.iter().map(|l| l.diags().len()).sum(),
-                    plans.iter().any(|l| l.complex),
+                    pack_label(&plans),
                 )
             }
-            StepKind::Activation { .. } => ("square", 0, 0, 0, 0, false),
-            StepKind::Add { .. } => ("add", 0, 0, 0, 0, false),
-            StepKind::Pool { amounts, .. } => ("pool", 0, 0, amounts.len(), 0, false),
+            StepKind::Activation { .. } => ("square", 0, 0, 0, 0, ""),
+            StepKind::Add { .. } => ("add", 0, 0, 0, 0, ""),
+            StepKind::Pool { amounts, .. } => ("pool", 0, 0, amounts.len(), 0, ""),
         };
-        let pack = match (d, complex) {
-            (0, _) => "",
-            (_, true) => "cplx",
-            (_, false) => "real",
-        };
+        let pack = if d == 0 { "" } else { pack };
         rots += r;
         diags += d;
         let l = &st.value.layout;
@@ -806,7 +802,7 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
             st.name.clone()
         };
         s += &format!(
-            "{name:<24} {kind:>6} {:>5} {b:>6} {g:>6} {r:>6} {d:>6} {pack:>4}  {}x{}x{} gap {} blocks {} offset {}",
+            "{name:<24} {kind:>6} {:>5} {b:>6} {g:>6} {r:>6} {d:>6} {pack:>9}  {}x{}x{} gap {} blocks {} offset {}",
             st.value.level, l.channels(), l.height(), l.width(), l.gap(), l.blocks(), l.offset()
         );
         if batched {
@@ -824,6 +820,8 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
         s += "\n";
     }
     s += &format!("total: {rots} rotations, {diags} plaintext multiplications\n");
+    s += "pack: real, or cplx (complex packing); +GG: its Horner step as two rotations by G (no \
+          key for 2G at that level); +R: its real part taken after the rescale\n";
     if batched {
         s += &describe_packing(plan);
     }
@@ -847,6 +845,20 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
         plan.relin_level
     );
     s
+}
+
+/// How the linear layers of one step pack (see [`LinearPlan`]'s `complex`, `split_step` and
+/// `real_after_rescale`).
+fn pack_label(plans: &[&LinearPlan]) -> &'static str {
+    match plans.iter().find(|l| l.complex) {
+        None => "real",
+        Some(l) => match (l.split_step, l.real_after_rescale) {
+            (false, false) => "cplx",
+            (true, false) => "cplx+GG",
+            (false, true) => "cplx+R",
+            (true, true) => "cplx+GG+R",
+        },
+    }
 }
 
 /// A batch's layout per stage: runs of model nodes whose values pack the images alike.
