@@ -531,12 +531,13 @@ impl Plan {
     }
 }
 
-/// How many levels above complex packing a batch pairs its images in stage 1 (real and
-/// imaginary parts of one ciphertext), where the layout leaves no slots idle: the pair's
-/// activations need the conjugation key there. At N16_L39 three levels: the key for level 18
-/// (23.9 MB instead of 20.5 for 15) fits the 128 MB upload beside the other four (127.5 MB),
-/// with the set's small special primes; level 19's would not.
-const PAIR_LEVELS_ABOVE_COMPLEX: usize = 3;
+/// How many levels above those whose keys the server derives the conjugation key is made: a
+/// batch pairs its images in stage 1 (real and imaginary parts of one ciphertext) up to there,
+/// where the layout leaves no slots idle, and one image packs complex up to one level higher.
+/// At N16_L39 three levels: the key for level 18 (23.9 MB instead of 20.5 for 15) fits the
+/// 128 MB upload beside the other four (127.96 MB in all), with the set's small special primes;
+/// level 19's would not.
+const CONJUGATION_LEVELS_ABOVE_DERIVED: usize = 3;
 
 /// Bits that the logits may use above their scale at level 0, sign included (magnitudes below
 /// 2^13), against q0.
@@ -629,7 +630,7 @@ struct Packing {
     derived_to: Option<usize>,
     /// The highest level at which a batch pairs images ([`Planner::lanes_for`]), and the
     /// conjugation key's: from where that key still fits the upload (see
-    /// [`PAIR_LEVELS_ABOVE_COMPLEX`]). One image packs complex up to one level above it, the
+    /// [`CONJUGATION_LEVELS_ABOVE_DERIVED`]). One image packs complex up to one level above it, the
     /// real part then taken after the rescale.
     pair_to: Option<usize>,
 }
@@ -642,8 +643,9 @@ impl Packing {
         let derived_to = (0..=params.max_level())
             .rev()
             .find(|&l| params.derived_layout(l).is_some());
-        let pair_to = derived_to
-            .map(|c| (c + PAIR_LEVELS_ABOVE_COMPLEX).min(params.max_level().saturating_sub(1)));
+        let pair_to = derived_to.map(|c| {
+            (c + CONJUGATION_LEVELS_ABOVE_DERIVED).min(params.max_level().saturating_sub(1))
+        });
         Self {
             wide_keys_from,
             derived_to,
