@@ -20,8 +20,9 @@
 //! imaginary cross terms exactly and spends no level: half the plaintext products and giant
 //! rotations for one rotation and one conjugation more. Above the levels whose keys the server
 //! derives there is no key for `2G`; the chain then takes two rotations by `G` a term
-//! (`split_step`), and the halved products still pay (at N16_L39 levels 16-19, 0.8-0.9x a real
-//! layer's time); above the conjugation key's level the real part is taken after the rescale.
+//! (`split_step`), and the halved products still pay (at N16_L39 levels 16-19, about 0.87x a
+//! real layer's time, measured); above the conjugation key's level the real part is taken after
+//! the rescale.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -75,7 +76,7 @@ pub struct LinearPlan {
     pub complex: bool,
     /// Complex packing above the levels whose keys the server derives: no key rotates by the
     /// Horner step `2G` there, so the chain takes two rotations by `G` per term (the products
-    /// still halve, which is most of a layer's work at those levels).
+    /// still halve; the rotations, most of a layer's work at those levels, stay as many).
     pub split_step: bool,
     /// Complex packing above the conjugation key's level: the real part is taken after the
     /// rescale, one level lower, where that key serves (its switching error then stays at the
