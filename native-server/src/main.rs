@@ -756,7 +756,7 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
         );
     }
     s += &format!(
-        "{:<24} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6} {:>9}  layout\n",
+        "{:<24} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6} {:>11}  layout\n",
         if batched { "step [group]" } else { "step" },
         "kind",
         "level",
@@ -788,11 +788,11 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
                     pack_label(&plans),
                 )
             }
-            StepKind::Activation { .. } => ("square", 0, 0, 0, 0, ""),
-            StepKind::Add { .. } => ("add", 0, 0, 0, 0, ""),
-            StepKind::Pool { amounts, .. } => ("pool", 0, 0, amounts.len(), 0, ""),
+            StepKind::Activation { .. } => ("square", 0, 0, 0, 0, String::new()),
+            StepKind::Add { .. } => ("add", 0, 0, 0, 0, String::new()),
+            StepKind::Pool { amounts, .. } => ("pool", 0, 0, amounts.len(), 0, String::new()),
         };
-        let pack = if d == 0 { "" } else { pack };
+        let pack = if d == 0 { String::new() } else { pack };
         rots += r;
         diags += d;
         let l = &st.value.layout;
@@ -802,7 +802,7 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
             st.name.clone()
         };
         s += &format!(
-            "{name:<24} {kind:>6} {:>5} {b:>6} {g:>6} {r:>6} {d:>6} {pack:>9}  {}x{}x{} gap {} blocks {} offset {}",
+            "{name:<24} {kind:>6} {:>5} {b:>6} {g:>6} {r:>6} {d:>6} {pack:>11}  {}x{}x{} gap {} blocks {} offset {}",
             st.value.level, l.channels(), l.height(), l.width(), l.gap(), l.blocks(), l.offset()
         );
         if batched {
@@ -821,7 +821,8 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
     }
     s += &format!("total: {rots} rotations, {diags} plaintext multiplications\n");
     s += "pack: real, or cplx (complex packing); +GG: its Horner step as two rotations by G (no \
-          key for 2G at that level); +R: its real part taken after the rescale\n";
+          key for 2G at that level); +R: its real part taken after the rescale; +Cs: replicas, a \
+          copy of the input s slots on takes the second half of the giant steps\n";
     if batched {
         s += &describe_packing(plan);
     }
@@ -849,8 +850,8 @@ fn describe_plan(plan: &Plan, ctx: &blindsight_core::Context, key_bytes: usize) 
 
 /// How the linear layers of one step pack (see [`LinearPlan`]'s `complex`, `split_step` and
 /// `real_after_rescale`).
-fn pack_label(plans: &[&LinearPlan]) -> &'static str {
-    match plans.iter().find(|l| l.complex) {
+fn pack_label(plans: &[&LinearPlan]) -> String {
+    let base = match plans.iter().find(|l| l.complex) {
         None => "real",
         Some(l) => match (l.split_step, l.real_after_rescale) {
             (false, false) => "cplx",
@@ -858,6 +859,10 @@ fn pack_label(plans: &[&LinearPlan]) -> &'static str {
             (false, true) => "cplx+R",
             (true, true) => "cplx+GG+R",
         },
+    };
+    match plans.iter().find_map(|l| l.replicas) {
+        Some(r) => format!("{base}+C{}", r.shift),
+        None => base.to_string(),
     }
 }
 

@@ -23,6 +23,16 @@
 //! (`split_step`), and the halved products still pay (at N16_L39 levels 16-19, about 0.87x a
 //! real layer's time, measured); above the conjugation key's level the real part is taken after
 //! the rescale.
+//!
+//! **Replicas** (`replicas`): where a layout leaves sub-positions of its gap cells idle (stages
+//! after a strided convolution), the input becomes `X = in + rot_s(in)`, one rotation, so that
+//! `X` also holds the input at sub-position `-s`. The terms of the giant steps `0..δ` are then
+//! written at output sub-position `+s` and those of `δ..2δ` (`δG` = half the period) at
+//! sub-position 0 of the block `δ` further, both reading `X` with the same baby rotations; the
+//! result is `rot_δG(Y) + rot_s(Y)`, two hoisted rotations. One product then serves two
+//! giant steps, and the Horner chain has half the terms. The sum leaves partial sums at
+//! sub-positions `±s`, which the planner tracks: a layer takes replicas only with a shift at
+//! which neither its input nor the copy reads them ([`Replicas::reads_clean`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -49,6 +59,117 @@ pub enum BabySteps {
     /// Only 1 and the layout's row (`row` slots: one pixel and one row of a dense map, two rows
     /// of a map with gap 2): the fewest keys, for the levels where each key is largest.
     Layout,
+}
+
+/// Two copies of the input in one ciphertext (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicas {
+    /// `s`: the copy's offset, a sub-position of the gap cell that the layouts leave idle.
+    pub shift: usize,
+    /// `δG`: half the input's period; giant steps from here on are taken by the copy.
+    pub half: usize,
+}
+
+impl Replicas {
+    /// The replicas a layer from `input` to `output` may use, best first: shifts to the
+    /// sub-positions of the output's gap cells (single-copy layouts of one geometry) at which
+    /// the two halves' partial sums land apart. Those whose keys are powers of two come first,
+    /// rows before columns (a column shift wraps around the row at the map's edge). Which of
+    /// them a layer may take depends on what its inputs hold outside their layouts
+    /// ([`Replicas::reads_clean`]).
+    pub fn candidates(input: &SlotLayout, output: &SlotLayout) -> Vec<Self> {
+        let gap = output.gap();
+        let fits = gap >= 2
+            && input.period() == input.slots()
+            && output.period() == output.slots()
+            && input.block() == output.block()
+            && input.row() == output.row();
+        if !fits {
+            return Vec::new();
+        }
+        let row = input.row();
+        let mut shifts: Vec<(usize, usize)> = (0..gap)
+            .flat_map(|dy| (0..gap).map(move |dx| (dy, dx)))
+            .filter(|&c| c != (0, 0))
+            .collect();
+        shifts.sort_by_key(|&(dy, dx)| {
+            let s = dy * row + dx;
+            (!s.is_power_of_two(), dx != 0, s)
+        });
+        shifts
+            .into_iter()
+            .map(|(dy, dx)| Self {
+                shift: dy * row + dx,
+                half: input.period() / 2,
+            })
+            .filter(|r| r.halves_apart(output))
+            .collect()
+    }
+
+    /// Whether `X = in + rot_s(in)` holds each input value where the layer reads it: `in` at
+    /// `q`, its copy at `q - s`, for every slot `q` of `input`. Both need zeros at `q + s` and
+    /// `q - s`; `nonzero` marks the slots of `in` that may hold anything else.
+    pub fn reads_clean(&self, input: &SlotLayout, nonzero: &[bool]) -> bool {
+        let n = input.slots();
+        let s = self.shift % n;
+        (0..input.len()).all(|i| {
+            let q = input.slot_of(i);
+            !nonzero[(q + s) % n] && !nonzero[(q + n - s) % n]
+        })
+    }
+
+    /// Whether the two halves' partial sums land on distinct slots of `Y` (at `p + s` and
+    /// `p + δG` for the output slots `p`).
+    fn halves_apart(&self, output: &SlotLayout) -> bool {
+        let n = output.slots();
+        let at_half = occupied(output, self.half);
+        (0..output.len()).all(|i| !at_half[(output.slot_of(i) + self.shift) % n])
+    }
+
+    /// The slots of the result other than `output`'s that may be nonzero: `rot_δG(Y) +
+    /// rot_s(Y)` leaves partial sums at `±s` around the output slots.
+    pub fn leftovers(&self, output: &SlotLayout) -> Vec<bool> {
+        let n = output.slots();
+        let mut y = vec![false; n];
+        for i in 0..output.len() {
+            let p = output.slot_of(i);
+            y[(p + self.shift) % n] = true;
+            y[(p + self.half) % n] = true;
+        }
+        let mut out = vec![false; n];
+        for (x, o) in out.iter_mut().enumerate() {
+            *o = y[(x + self.half) % n] || y[(x + self.shift) % n];
+        }
+        for i in 0..output.len() {
+            out[output.slot_of(i)] = false;
+        }
+        out
+    }
+
+    /// `(amount on X, slot of Y)` for a term of amount `a` into output slot `p`: the giant
+    /// steps below `δ` write at `p + s`, reading `in` itself; the rest write at `p + δG`,
+    /// reading the copy.
+    fn place(&self, a: usize, p: usize, period: usize, slots: usize) -> (usize, usize) {
+        let a = (a + period - self.shift % period) % period;
+        if a >= self.half {
+            (a - self.half, (p + self.half) % slots)
+        } else {
+            (a, (p + self.shift) % slots)
+        }
+    }
+}
+
+/// The slots `layout` writes, shifted by `by` (every copy of its period).
+pub fn occupied(layout: &SlotLayout, by: usize) -> Vec<bool> {
+    let n = layout.slots();
+    let mut v = vec![false; n];
+    for i in 0..layout.len() {
+        let q = layout.slot_of(i) + by;
+        for k in 0..n / layout.period() {
+            v[(q + k * layout.period()) % n] = true;
+        }
+    }
+    v
 }
 
 /// A planned linear layer: layouts, level, scales and the rotation structure.
@@ -85,6 +206,8 @@ pub struct LinearPlan {
     /// The weights times `i`: the term moves a one-image input into the imaginary lane of a
     /// paired output (see `plan::Lanes`).
     pub imag: bool,
+    /// Two copies of the input in its idle sub-positions (see the module doc).
+    pub replicas: Option<Replicas>,
     /// Baby amounts, ascending; `tree[baby_node[i]]` computes `babies[i]`.
     pub babies: Vec<usize>,
     pub tree: Vec<TreeNode>,
@@ -112,21 +235,30 @@ impl LinearPlan {
         out_scale: f64,
         steps: BabySteps,
         complex: bool,
+        replicas: Option<Replicas>,
     ) -> Self {
         let giant = input.block();
         let outputs = output_raw.len();
         let output = if free_offset {
             // shift so that the most negative (centered) baby amount becomes 0
             let mut min_b = 0i64;
-            for_each_amount(model, &op, &input, &output_raw, &pairs, |a, _, _| {
-                let b = (a % giant) as i64;
-                let centered = if b >= giant as i64 / 2 {
-                    b - giant as i64
-                } else {
-                    b
-                };
-                min_b = min_b.min(centered);
-            });
+            for_each_term(
+                model,
+                &op,
+                &input,
+                &output_raw,
+                &pairs,
+                replicas,
+                |a, _, _| {
+                    let b = (a % giant) as i64;
+                    let centered = if b >= giant as i64 / 2 {
+                        b - giant as i64
+                    } else {
+                        b
+                    };
+                    min_b = min_b.min(centered);
+                },
+            );
             output_raw.shifted(min_b)
         } else {
             output_raw
@@ -145,10 +277,18 @@ impl LinearPlan {
         };
         let mut babies = BTreeSet::new();
         let mut last_giant = 0;
-        for_each_amount(model, &op, &input, &output, distinct, |a, _, _| {
-            babies.insert(a % giant);
-            last_giant = last_giant.max(a / giant);
-        });
+        for_each_term(
+            model,
+            &op,
+            &input,
+            &output,
+            distinct,
+            replicas,
+            |a, _, _| {
+                babies.insert(a % giant);
+                last_giant = last_giant.max(a / giant);
+            },
+        );
         let babies: Vec<usize> = babies.into_iter().collect();
         let giants = last_giant + 1;
         let steps = match steps {
@@ -175,6 +315,7 @@ impl LinearPlan {
             split_step: false,
             real_after_rescale: false,
             imag: false,
+            replicas,
             babies,
             tree,
             baby_node,
@@ -237,6 +378,9 @@ impl LinearPlan {
         if self.packs_imaginary() {
             v.push(self.giant);
         }
+        if let Some(r) = self.replicas {
+            v.extend([r.shift, r.half]);
+        }
         v.sort_unstable();
         v.dedup();
         v
@@ -257,17 +401,21 @@ impl LinearPlan {
             && self.complex == other.complex
             && self.split_step == other.split_step
             && self.real_after_rescale == other.real_after_rescale
+            && self.replicas == other.replicas
             && self.input.slots() == other.input.slots()
     }
 }
 
-/// Rotations per evaluation of the sum of `plans` (each its own baby tree and imaginary copy,
-/// one shared chain and conjugation).
+/// Rotations per evaluation of the sum of `plans` (each its own baby tree, copy and imaginary
+/// copy, one shared chain, sum of the copies and conjugation).
 pub fn sum_rotation_count(plans: &[&LinearPlan]) -> usize {
     let babies: usize = plans
         .iter()
-        .map(|p| p.tree.len() - 1 + usize::from(p.packs_imaginary()))
+        .map(|p| {
+            p.tree.len() - 1 + usize::from(p.packs_imaginary()) + usize::from(p.replicas.is_some())
+        })
         .sum();
+    let copies = 2 * usize::from(plans.iter().any(|p| p.replicas.is_some()));
     let terms = plans.iter().map(|p| p.horner_terms()).max().unwrap_or(1);
     let per_term = plans
         .iter()
@@ -275,7 +423,28 @@ pub fn sum_rotation_count(plans: &[&LinearPlan]) -> usize {
         .max()
         .unwrap_or(1);
     let conj = usize::from(plans.iter().any(|p| p.complex));
-    babies + (terms - 1) * per_term + conj
+    babies + (terms - 1) * per_term + copies + conj
+}
+
+/// [`for_each_amount`] with each term moved to where `replicas` evaluate it: `f(amount on X,
+/// slot of Y, weight)`.
+pub(crate) fn for_each_term(
+    model: &Model,
+    op: &Operator,
+    input: &SlotLayout,
+    output: &SlotLayout,
+    pairs: &[(usize, usize)],
+    replicas: Option<Replicas>,
+    mut f: impl FnMut(usize, usize, f64),
+) {
+    let (period, slots) = (input.period(), output.slots());
+    for_each_amount(model, op, input, output, pairs, |a, p, w| match replicas {
+        None => f(a, p, w),
+        Some(r) => {
+            let (a, p) = r.place(a, p, period, slots);
+            f(a, p, w)
+        }
+    });
 }
 
 /// Calls `f(amount, output slot, weight)` for every term of the map, for every image of `pairs`

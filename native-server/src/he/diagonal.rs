@@ -2,7 +2,7 @@
 //! Horner chain, kept as runs of equal weights (a convolution's diagonal is a few hundred runs,
 //! not 32768 values).
 
-use crate::he::bsgs::{for_each_amount, LinearPlan};
+use crate::he::bsgs::{for_each_term, LinearPlan};
 use crate::model::Model;
 
 /// `count` slots from `start`, `stride` apart, all holding `weight`.
@@ -113,12 +113,13 @@ impl LinearPlan {
         let (fold, mult) = (self.fold(), self.mult);
         // (diagonal, imaginary part, slot, weight)
         let mut entries: Vec<(u32, bool, u32, f64)> = Vec::new();
-        for_each_amount(
+        for_each_term(
             model,
             &self.op,
             &self.input,
             &self.output,
             &pairs,
+            self.replicas,
             |a, p, w| {
                 let (g, b) = (a / self.giant, a % self.giant);
                 let (h, odd) = (g / fold, g % fold == 1);

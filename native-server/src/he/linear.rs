@@ -90,6 +90,15 @@ pub fn apply_sum(
         } else {
             return Err(CkksError::LevelMismatch(plan.level, ct.level()));
         };
+        // replicas: X = in + rot_s(in)
+        let ct = match plan.replicas {
+            Some(r) => {
+                let copy = ev.rotate(&ct, r.shift as i64, keys)?;
+                counts.rotations += 1;
+                ev.add(&ct, &copy)?
+            }
+            None => ct,
+        };
         // complex packing: X = in + i*rot_G(in)
         let ct = if plan.packs_imaginary() {
             let copy = ev.rotate(&ct, plan.giant as i64, keys)?;
@@ -227,6 +236,12 @@ pub fn apply_sum(
         Horner::Raised(acc) => ev.lower(&acc),
         Horner::Empty => ev.zero(first.level, first.out_scale * q / first.fold() as f64)?,
     };
+    if let Some(r) = first.replicas {
+        // the two halves of the giant steps, written at sub-position s and a half period on
+        let halves = ev.rotate_hoisted(&acc, &[r.half as i64, r.shift as i64], keys)?;
+        counts.rotations += 2;
+        acc = ev.add(&halves[0], &halves[1])?;
+    }
     if first.complex && !first.real_after_rescale {
         // the real part before the rescale where the key serves: the key switch's error is
         // then divided by q with the rest

@@ -81,13 +81,28 @@ pub(crate) mod tests {
         load(&manifest, &tensors).unwrap()
     }
 
+    /// A test ResNet whose block works on maps that leave sub-positions of each gap cell idle
+    /// at N14_TEST (3x32x32 input, a stride-2 conv 3->8 into 16x16 maps at gap 2, filling all
+    /// 8192 slots once), so that its layers take replicas: an identity block at gap 2, or a
+    /// downsampling block into 8x8 maps at gap 4.
+    fn replica_resnet(downsample: bool) -> Model {
+        let (manifest, tensors) = resnet_files(32, 8, 2, downsample);
+        load(&manifest, &tensors).unwrap()
+    }
+
     /// The mini ResNet's manifest and weights.
     fn mini_resnet_files(downsample: bool) -> (Value, Tensors) {
-        let (c2, stride) = if downsample { (8, 2) } else { (4, 1) };
+        resnet_files(8, 4, 1, downsample)
+    }
+
+    /// A one-block ResNet on 3 x `side` x `side` images: conv 3->`c1` (stride `stride1`), an
+    /// identity block or a downsampling one (to 2 * `c1` channels), pool, linear to 3.
+    fn resnet_files(side: usize, c1: usize, stride1: usize, downsample: bool) -> (Value, Tensors) {
+        let (c2, stride) = if downsample { (2 * c1, 2) } else { (c1, 1) };
         let mut nodes = vec![
-            conv("conv1", "input", 3, 4, 3, 1),
+            conv("conv1", "input", 3, c1, 3, stride1),
             quad("act1", "conv1"),
-            conv("b.conv1", "act1", 4, c2, 3, stride),
+            conv("b.conv1", "act1", c1, c2, 3, stride),
             quad("b.act1", "b.conv1"),
             conv("b.conv2", "b.act1", c2, c2, 3, 1),
         ];
@@ -105,12 +120,12 @@ pub(crate) mod tests {
                 weights(co, seed + 100, 0.2),
             ));
         };
-        add_conv("conv1", 3, 4, 3, 1);
-        add_conv("b.conv1", 4, c2, 3, 2);
+        add_conv("conv1", 3, c1, 3, 1);
+        add_conv("b.conv1", c1, c2, 3, 2);
         add_conv("b.conv2", c2, c2, 3, 3);
         if downsample {
-            nodes.push(conv("b.shortcut", "act1", 4, c2, 1, 2));
-            add_conv("b.shortcut", 4, c2, 1, 4);
+            nodes.push(conv("b.shortcut", "act1", c1, c2, 1, 2));
+            add_conv("b.shortcut", c1, c2, 1, 4);
             nodes.push(node("b.add", "add", &["b.conv2", "b.shortcut"]));
         } else {
             nodes.push(node("b.add", "add", &["b.conv2", "act1"]));
@@ -129,7 +144,7 @@ pub(crate) mod tests {
         let manifest = json!({
             "format": "blindsight-model", "version": 1, "name": "mini", "architecture": "test",
             "dataset": "none",
-            "input": {"name": "input", "channels": 3, "height": 8, "width": 8,
+            "input": {"name": "input", "channels": 3, "height": side, "width": side,
                       "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
             "classes": ["a", "b", "c"], "clip": 2.0, "nodes": nodes, "output": "fc",
             "accuracy": {}, "activation_max_abs": {},
@@ -305,6 +320,41 @@ pub(crate) mod tests {
             check_plan_against_plaintext(&model, &plan, &ctx, LAYER_TOLERANCE);
         }
         assert_eq!(seen, [true; 4]);
+    }
+
+    /// Layers whose layouts leave sub-positions idle take replicas (one product for two giant
+    /// steps), each at a shift where it reads none of the partial sums its inputs carry: the
+    /// block's sum reads its first convolution's, so it takes another shift. Evaluated against
+    /// the plaintext model layer by layer; a shift that read them errs by O(1).
+    #[test]
+    fn replicas_match_plaintext_layer_by_layer() {
+        let ctx = Context::named("N14_TEST").unwrap();
+        for downsample in [false, true] {
+            let model = replica_resnet(downsample);
+            let plan = Plan::new(&model, &ctx).unwrap();
+            let mut shifts = std::collections::BTreeMap::new();
+            for st in &plan.steps {
+                for l in st.kind.linear_plans() {
+                    if let Some(r) = l.replicas {
+                        // the copy takes the giant steps of the second half period
+                        assert_eq!(2 * r.half, l.input.slots());
+                        assert!(l.giants * l.giant <= r.half, "{}", st.name);
+                        shifts.entry(st.name.clone()).or_insert(r.shift);
+                    }
+                }
+            }
+            let names: Vec<&str> = shifts.keys().map(String::as_str).collect();
+            assert_eq!(names, ["b.add", "b.conv1"], "downsample {downsample}");
+            assert_ne!(shifts["b.add"], shifts["b.conv1"]);
+            check_plan_against_plaintext(&model, &plan, &ctx, LAYER_TOLERANCE);
+            // a batch fills the idle sub-positions with its images instead
+            let batch = Plan::batched(&model, &ctx, 2).unwrap();
+            assert!(batch
+                .steps
+                .iter()
+                .flat_map(|s| s.kind.linear_plans())
+                .all(|l| l.replicas.is_none()));
+        }
     }
 
     #[test]

@@ -11,12 +11,14 @@
 //! `Delta * q / scale_in`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
 
 use blindsight_core::layout::{LayoutError, SlotLayout};
 use blindsight_core::{scales_equal, Context};
 use rayon::prelude::*;
 
-use crate::he::bsgs::{BabySteps, LinearPlan};
+use crate::he::bsgs::{occupied, BabySteps, LinearPlan, Replicas};
 use crate::he::keys::KeyPlan;
 use crate::he::operator::Operator;
 use crate::model::{Model, Op, Shape, Source};
@@ -75,6 +77,37 @@ pub struct ValueInfo {
     pub mult: f64,
     /// Per element (CHW) of one image.
     pub offset: Vec<f64>,
+    /// Slots outside the layout that may hold nonzero values (`None`: all zero).
+    pub strays: Option<Strays>,
+}
+
+/// The slots outside a value's layout that may hold nonzero values: the partial sums a layer
+/// with replicas leaves beside its outputs, or a pooling's rotated sums. Replicas read a
+/// value only where it holds zeros ([`Replicas::reads_clean`]).
+#[derive(Clone, PartialEq)]
+pub struct Strays(Arc<[bool]>);
+
+impl Strays {
+    fn all(slots: usize) -> Self {
+        Self(vec![true; slots].into())
+    }
+
+    /// Marks of both (either may be absent).
+    fn union(a: Option<&Strays>, b: Option<&Strays>) -> Option<Strays> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(Strays(
+                a.0.iter().zip(b.0.iter()).map(|(x, y)| *x || *y).collect(),
+            )),
+            (a, b) => a.or(b).cloned(),
+        }
+    }
+}
+
+impl fmt::Debug for Strays {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.iter().filter(|&&x| x).count();
+        write!(f, "Strays({n} of {} slots)", self.0.len())
+    }
 }
 
 impl ValueInfo {
@@ -485,6 +518,7 @@ impl Plan {
                 scale: input_scale,
                 mult: 1.0,
                 offset: vec![0.0; input.len()],
+                strays: None,
             },
         );
         for i in 0..model.nodes().len() {
@@ -874,6 +908,7 @@ impl<'a> Planner<'a> {
             scale,
             mult: 1.0,
             offset: Vec::new(),
+            strays: None,
         };
         self.linear_steps(node, name, src, op, v.mult, &target, true)
     }
@@ -907,6 +942,12 @@ impl<'a> Planner<'a> {
         let complex = self.packing.pair_to.is_some_and(|p| target.level <= p)
             && v.lanes == 1
             && target.lanes == 1;
+        // one image only: a batch fills the idle sub-positions with its images instead
+        let replicas = if self.batch == 1 && v.lanes == 1 {
+            self.replicas_for(node, src, &target.layout)
+        } else {
+            None
+        };
         let plan = |output: SlotLayout, pairs: Vec<(usize, usize)>, free: bool| {
             let mut lin = LinearPlan::new(
                 self.model,
@@ -920,6 +961,7 @@ impl<'a> Planner<'a> {
                 target.scale,
                 self.baby_steps(level),
                 complex,
+                replicas,
             );
             lin.split_step = complex && self.packing.derived_to.is_none_or(|d| level > d);
             lin.real_after_rescale = complex && self.packing.pair_to.is_none_or(|p| level > p);
@@ -954,6 +996,7 @@ impl<'a> Planner<'a> {
         let value = ValueInfo {
             layout: output.clone(),
             offset: op.apply_plain(self.model, &v.offset, target.layout.len()),
+            strays: replicas.map(|r| Strays(r.leftovers(&output).into())),
             ..target.clone()
         };
         let groups = self.batch.div_ceil(target.capacity());
@@ -1005,6 +1048,63 @@ impl<'a> Planner<'a> {
                 }
             })
             .collect())
+    }
+
+    /// The replicas for linear node `node` reading `src` into `output` (or, for a residual
+    /// add `node`, for its identity shortcut): the first shift that suits the input of every
+    /// term the layer is summed with, since they share one Horner chain and one sum of the
+    /// halves. `None` where a term has no room (a strided shortcut) or no shift reads clean.
+    fn replicas_for(&self, node: usize, src: Source, output: &SlotLayout) -> Option<Replicas> {
+        let nodes = self.model.nodes();
+        let planned = |s: Source| match s {
+            Source::Node(j) => !self.step_of[j].is_empty(),
+            Source::Input => true,
+        };
+        // the value a summand reads: a linear layer's input (planned before the layer), or
+        // the value itself (an identity shortcut)
+        let term_input = |s: Source| match s {
+            Source::Node(j) if matches!(nodes[j].op, Op::Conv2d(_) | Op::Linear(_)) => {
+                nodes[j].inputs[0]
+            }
+            s => s,
+        };
+        let adds: Vec<usize> = if matches!(nodes[node].op, Op::Add) {
+            vec![node]
+        } else {
+            (0..nodes.len())
+                .filter(|&k| {
+                    matches!(nodes[k].op, Op::Add) && nodes[k].inputs.contains(&Source::Node(node))
+                })
+                .collect()
+        };
+        let mut inputs = vec![src];
+        for k in adds {
+            for &s in &nodes[k].inputs {
+                if s != Source::Node(node) {
+                    inputs.push(term_input(s));
+                }
+            }
+        }
+        if !inputs.iter().all(|&s| planned(s)) {
+            return None;
+        }
+        let values: Vec<&ValueInfo> = inputs.iter().map(|&s| self.value_of(s)).collect();
+        let nonzero: Vec<Vec<bool>> = values
+            .iter()
+            .map(|v| {
+                let mut z = occupied(&v.layout, 0);
+                if let Some(Strays(s)) = &v.strays {
+                    z.iter_mut().zip(s.iter()).for_each(|(a, b)| *a |= *b);
+                }
+                z
+            })
+            .collect();
+        let candidates = Replicas::candidates(&values[0].layout, output);
+        candidates.into_iter().find(|r| {
+            values.iter().zip(&nonzero).all(|(v, z)| {
+                !Replicas::candidates(&v.layout, output).is_empty() && r.reads_clean(&v.layout, z)
+            })
+        })
     }
 
     /// `a*x^2 + b*x + c` as `a*(x + b/2a)^2 + (c - b^2/4a)`: one square, `a` and the constant
@@ -1112,6 +1212,8 @@ impl<'a> Planner<'a> {
             layout,
             mult: v.mult / plane as f64,
             offset,
+            // the rotated sums fill the slots around each channel's first element
+            strays: Some(Strays::all(v.layout.slots())),
             ..v.clone()
         };
         let refs = self.refs(src);
@@ -1171,7 +1273,16 @@ impl<'a> Planner<'a> {
             .zip(&shallow.offset)
             .map(|(x, y)| x + y)
             .collect();
-        let value = ValueInfo { offset, ..deep };
+        let strays_of = |r: Ref| match r {
+            Ref::Step(i) => self.steps[i].value.strays.clone(),
+            Ref::Input(_) => None,
+        };
+        let strays = Strays::union(strays_of(ra[0]).as_ref(), strays_of(rb[0]).as_ref());
+        let value = ValueInfo {
+            offset,
+            strays,
+            ..deep
+        };
         Ok(self.per_group(node, name, value, |g| StepKind::Add {
             inputs: [ra[g], rb[g]],
         }))
