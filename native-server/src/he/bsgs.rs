@@ -24,15 +24,9 @@
 //! real layer's time, measured); above the conjugation key's level the real part is taken after
 //! the rescale.
 //!
-//! **Replicas** (`replicas`): where a layout leaves sub-positions of its gap cells idle (stages
-//! after a strided convolution), the input becomes `X = in + rot_s(in)`, one rotation, so that
-//! `X` also holds the input at sub-position `-s`. The terms of the giant steps `0..δ` are then
-//! written at output sub-position `+s` and those of `δ..2δ` (`δG` = half the period) at
-//! sub-position 0 of the block `δ` further, both reading `X` with the same baby rotations; the
-//! result is `rot_δG(Y) + rot_s(Y)`, two hoisted rotations. One product then serves two
-//! giant steps, and the Horner chain has half the terms. The sum leaves partial sums at
-//! sub-positions `±s`, which the planner tracks: a layer takes replicas only with a shift at
-//! which neither its input nor the copy reads them ([`Replicas::reads_clean`]).
+//! **Replicas** (`replicas`, see [`crate::he::replicas`]): where a layout leaves sub-positions
+//! of its gap cells idle, a copy of the input takes the second half of the giant steps, and one
+//! product serves two of them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -41,6 +35,7 @@ use blindsight_core::layout::SlotLayout;
 
 use crate::he::diagonal::Diagonal;
 use crate::he::operator::Operator;
+use crate::he::replicas::Replicas;
 use crate::model::Model;
 
 /// One node of the baby-step tree: `amount = parent's amount + step`, `step` a power of two.
@@ -59,117 +54,6 @@ pub enum BabySteps {
     /// Only 1 and the layout's row (`row` slots: one pixel and one row of a dense map, two rows
     /// of a map with gap 2): the fewest keys, for the levels where each key is largest.
     Layout,
-}
-
-/// Two copies of the input in one ciphertext (see the module doc).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Replicas {
-    /// `s`: the copy's offset, a sub-position of the gap cell that the layouts leave idle.
-    pub shift: usize,
-    /// `δG`: half the input's period; giant steps from here on are taken by the copy.
-    pub half: usize,
-}
-
-impl Replicas {
-    /// The replicas a layer from `input` to `output` may use, best first: shifts to the
-    /// sub-positions of the output's gap cells (single-copy layouts of one geometry) at which
-    /// the two halves' partial sums land apart. Those whose keys are powers of two come first,
-    /// rows before columns (a column shift wraps around the row at the map's edge). Which of
-    /// them a layer may take depends on what its inputs hold outside their layouts
-    /// ([`Replicas::reads_clean`]).
-    pub fn candidates(input: &SlotLayout, output: &SlotLayout) -> Vec<Self> {
-        let gap = output.gap();
-        let fits = gap >= 2
-            && input.period() == input.slots()
-            && output.period() == output.slots()
-            && input.block() == output.block()
-            && input.row() == output.row();
-        if !fits {
-            return Vec::new();
-        }
-        let row = input.row();
-        let mut shifts: Vec<(usize, usize)> = (0..gap)
-            .flat_map(|dy| (0..gap).map(move |dx| (dy, dx)))
-            .filter(|&c| c != (0, 0))
-            .collect();
-        shifts.sort_by_key(|&(dy, dx)| {
-            let s = dy * row + dx;
-            (!s.is_power_of_two(), dx != 0, s)
-        });
-        shifts
-            .into_iter()
-            .map(|(dy, dx)| Self {
-                shift: dy * row + dx,
-                half: input.period() / 2,
-            })
-            .filter(|r| r.halves_apart(output))
-            .collect()
-    }
-
-    /// Whether `X = in + rot_s(in)` holds each input value where the layer reads it: `in` at
-    /// `q`, its copy at `q - s`, for every slot `q` of `input`. Both need zeros at `q + s` and
-    /// `q - s`; `nonzero` marks the slots of `in` that may hold anything else.
-    pub fn reads_clean(&self, input: &SlotLayout, nonzero: &[bool]) -> bool {
-        let n = input.slots();
-        let s = self.shift % n;
-        (0..input.len()).all(|i| {
-            let q = input.slot_of(i);
-            !nonzero[(q + s) % n] && !nonzero[(q + n - s) % n]
-        })
-    }
-
-    /// Whether the two halves' partial sums land on distinct slots of `Y` (at `p + s` and
-    /// `p + δG` for the output slots `p`).
-    fn halves_apart(&self, output: &SlotLayout) -> bool {
-        let n = output.slots();
-        let at_half = occupied(output, self.half);
-        (0..output.len()).all(|i| !at_half[(output.slot_of(i) + self.shift) % n])
-    }
-
-    /// The slots of the result other than `output`'s that may be nonzero: `rot_δG(Y) +
-    /// rot_s(Y)` leaves partial sums at `±s` around the output slots.
-    pub fn leftovers(&self, output: &SlotLayout) -> Vec<bool> {
-        let n = output.slots();
-        let mut y = vec![false; n];
-        for i in 0..output.len() {
-            let p = output.slot_of(i);
-            y[(p + self.shift) % n] = true;
-            y[(p + self.half) % n] = true;
-        }
-        let mut out = vec![false; n];
-        for (x, o) in out.iter_mut().enumerate() {
-            *o = y[(x + self.half) % n] || y[(x + self.shift) % n];
-        }
-        for i in 0..output.len() {
-            out[output.slot_of(i)] = false;
-        }
-        out
-    }
-
-    /// `(amount on X, slot of Y)` for a term of amount `a` into output slot `p`: the giant
-    /// steps below `δ` write at `p + s`, reading `in` itself; the rest write at `p + δG`,
-    /// reading the copy.
-    fn place(&self, a: usize, p: usize, period: usize, slots: usize) -> (usize, usize) {
-        let a = (a + period - self.shift % period) % period;
-        if a >= self.half {
-            (a - self.half, (p + self.half) % slots)
-        } else {
-            (a, (p + self.shift) % slots)
-        }
-    }
-}
-
-/// The slots `layout` writes, shifted by `by` (every copy of its period).
-pub fn occupied(layout: &SlotLayout, by: usize) -> Vec<bool> {
-    let n = layout.slots();
-    let mut v = vec![false; n];
-    for i in 0..layout.len() {
-        let q = layout.slot_of(i) + by;
-        for k in 0..n / layout.period() {
-            v[(q + k * layout.period()) % n] = true;
-        }
-    }
-    v
 }
 
 /// A planned linear layer: layouts, level, scales and the rotation structure.
@@ -206,7 +90,7 @@ pub struct LinearPlan {
     /// The weights times `i`: the term moves a one-image input into the imaginary lane of a
     /// paired output (see `plan::Lanes`).
     pub imag: bool,
-    /// Two copies of the input in its idle sub-positions (see the module doc).
+    /// Two copies of the input in its idle sub-positions (see [`crate::he::replicas`]).
     pub replicas: Option<Replicas>,
     /// Baby amounts, ascending; `tree[baby_node[i]]` computes `babies[i]`.
     pub babies: Vec<usize>,

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod linear;
 pub mod operator;
 pub mod plan;
+pub mod replicas;
 
 #[cfg(all(test, feature = "client"))]
 pub(crate) mod tests {

@@ -18,9 +18,10 @@ use blindsight_core::layout::{LayoutError, SlotLayout};
 use blindsight_core::{scales_equal, Context};
 use rayon::prelude::*;
 
-use crate::he::bsgs::{occupied, BabySteps, LinearPlan, Replicas};
+use crate::he::bsgs::{BabySteps, LinearPlan};
 use crate::he::keys::KeyPlan;
 use crate::he::operator::Operator;
+use crate::he::replicas::{occupied, Replicas};
 use crate::model::{Model, Op, Shape, Source};
 
 /// Why a model cannot be evaluated homomorphically with a parameter set.
