@@ -1090,6 +1090,9 @@ impl<'a> Planner<'a> {
             return None;
         }
         let values: Vec<&ValueInfo> = inputs.iter().map(|&s| self.value_of(s)).collect();
+        if !values.iter().all(|v| Replicas::fits(&v.layout, output)) {
+            return None;
+        }
         let nonzero: Vec<Vec<bool>> = values
             .iter()
             .map(|v| {
@@ -1100,12 +1103,14 @@ impl<'a> Planner<'a> {
                 z
             })
             .collect();
-        let candidates = Replicas::candidates(&values[0].layout, output);
-        candidates.into_iter().find(|r| {
-            values.iter().zip(&nonzero).all(|(v, z)| {
-                !Replicas::candidates(&v.layout, output).is_empty() && r.reads_clean(&v.layout, z)
+        Replicas::candidates(&values[0].layout, output)
+            .into_iter()
+            .find(|r| {
+                values
+                    .iter()
+                    .zip(&nonzero)
+                    .all(|(v, z)| r.reads_clean(&v.layout, z))
             })
-        })
     }
 
     /// `a*x^2 + b*x + c` as `a*(x + b/2a)^2 + (c - b^2/4a)`: one square, `a` and the constant

@@ -27,23 +27,27 @@ pub struct Replicas {
 }
 
 impl Replicas {
-    /// The replicas a layer from `input` to `output` may use, best first: shifts to the
-    /// sub-positions of the output's gap cells (single-copy layouts of one geometry) at which
+    /// Whether a layer from `input` to `output` has room for replicas: single-copy layouts of
+    /// one geometry whose output leaves sub-positions of its gap cells idle.
+    pub fn fits(input: &SlotLayout, output: &SlotLayout) -> bool {
+        output.gap() >= 2
+            && input.period() == input.slots()
+            && output.period() == output.slots()
+            && input.block() == output.block()
+            && input.row() == output.row()
+    }
+
+    /// The replicas a layer from `input` to `output` may use, best first (none unless it
+    /// [`fits`](Replicas::fits)): shifts to the sub-positions of the output's gap cells at which
     /// the two halves' partial sums land apart. Those whose keys are powers of two come first,
     /// rows before columns (a column shift wraps around the row at the map's edge). Which of
     /// them a layer may take depends on what its inputs hold outside their layouts
     /// ([`Replicas::reads_clean`]).
     pub fn candidates(input: &SlotLayout, output: &SlotLayout) -> Vec<Self> {
-        let gap = output.gap();
-        let fits = gap >= 2
-            && input.period() == input.slots()
-            && output.period() == output.slots()
-            && input.block() == output.block()
-            && input.row() == output.row();
-        if !fits {
+        if !Self::fits(input, output) {
             return Vec::new();
         }
-        let row = input.row();
+        let (gap, row) = (output.gap(), input.row());
         let mut shifts: Vec<(usize, usize)> = (0..gap)
             .flat_map(|dy| (0..gap).map(move |dx| (dy, dx)))
             .filter(|&c| c != (0, 0))
@@ -66,8 +70,7 @@ impl Replicas {
     /// `q`, its copy at `q - s`, for every slot `q` of `input`. Both need zeros at `q + s` and
     /// `q - s`; `nonzero` marks the slots of `in` that may hold anything else.
     pub fn reads_clean(&self, input: &SlotLayout, nonzero: &[bool]) -> bool {
-        let n = input.slots();
-        let s = self.shift % n;
+        let (n, s) = (input.slots(), self.shift);
         (0..input.len()).all(|i| {
             let q = input.slot_of(i);
             !nonzero[(q + s) % n] && !nonzero[(q + n - s) % n]
@@ -106,7 +109,7 @@ impl Replicas {
     /// steps below `δ` write at `p + s`, reading `in` itself; the rest write at `p + δG`,
     /// reading the copy.
     pub(crate) fn place(&self, a: usize, p: usize, period: usize, slots: usize) -> (usize, usize) {
-        let a = (a + period - self.shift % period) % period;
+        let a = (a + period - self.shift) % period;
         if a >= self.half {
             (a - self.half, (p + self.half) % slots)
         } else {
